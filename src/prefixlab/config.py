@@ -1,0 +1,176 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` only choose and override: they are merged into these
+dataclasses, so a misspelt key or a wrong type fails at compose time with Hydra's
+message, before anything loads. ``validate`` then checks value ranges and
+cross-field rules, again before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from .methods import MLP_METHODS, METHODS, PEFT_METHODS, PREFIX_METHODS
+from .model_loading import SMOLLM2
+
+LOGGERS = ("csv", "wandb")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = field(default=SMOLLM2, metadata={"help": "HF model id, local folder, or embedded:<name>"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
+    random_init: bool = field(default=False, metadata={"help": "random weights, same architecture (debug runs)"})
+    config_overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {num_hidden_layers: 2}"})
+
+
+@dataclass
+class MethodConfig:
+    name: str = field(default="prefix", metadata={"help": "prefix | prefix_flat | infix | embedding | finetune | finetune_topk | lora | ia3"})
+    prefix_length: int = field(default=10, metadata={"help": "prefix / infix / prompt positions"})
+    prefix_sites: Optional[list[str]] = field(default=None, metadata={"help": "attention sites with a prefix (None: all of the model's)"})
+    mid_dim: Optional[int] = field(default=None, metadata={"help": "hidden width of the reparameterization MLP (prefix, infix)"})
+    mlp_layers: int = field(default=1, metadata={"help": "hidden Linear+Tanh layers of the MLP"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the prefix activations (LoRA: on its input)"})
+    init_std: float = field(default=0.02, metadata={"help": "std of the random init of a flat prefix"})
+    init: str = field(default="random", metadata={"help": "random | text (the LM's activations of init_text)"})
+    init_text: str = field(default="", metadata={"help": "words for init=text, e.g. 'summarize' or 'table-to-text:'"})
+    k: int = field(default=2, metadata={"help": "finetune_topk: number of top layers trained"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    target_modules: list[str] = field(default_factory=list, metadata={"help": "lora/ia3 target modules (empty: PEFT's default)"})
+
+
+@dataclass
+class TaskConfig:
+    name: str = field(default="bbc_headline", metadata={"help": "which task (see conf/task/)"})
+    prompt_style: str = field(default="auto", metadata={"help": "chat | plain | auto (chat if the tokenizer has a template)"})
+    max_source_tokens: int = field(default=128, metadata={"help": "source truncated to this many tokens"})
+    max_target_tokens: int = field(default=32, metadata={"help": "target truncated to this many tokens in training"})
+    train_size: Optional[int] = field(default=None, metadata={"help": "low-data subset of the train split (None: all)"})
+    val_size: Optional[int] = field(default=24, metadata={"help": "validation examples generated (None: all)"})
+    test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: all)"})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets above"})
+    batch_size: int = 8
+    eval_batch_size: int = 8
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 24
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate (the paper's 5e-5 needs thousands of steps)"})
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = field(default=80, metadata={"help": "optimizer steps (the bounded CPU default)"})
+    val_check_interval: Optional[int] = field(default=None, metadata={"help": "validate every N steps (None: at end)"})
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 5
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = field(default="csv", metadata={"help": "csv | wandb"})
+    project: str = "prefixlab"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: Optional[str] = field(default=None, metadata={"help": "online | offline; None: offline unless WANDB_MODE or an API key is set"})
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 42
+    eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
+    optimized_metric: str = field(default="test/rougeL", metadata={"help": "the value train() returns (for sweeps)"})
+    run_name: str = "${task.name}-${method.name}-L${method.prefix_length}"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is out of range: {allowed}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and cross-field checks that the types cannot express. Raises ConfigError."""
+    from .tasks import TASKS
+
+    _require(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {', '.join(METHODS)}")
+    _require(cfg.method.prefix_length > 0, "method.prefix_length", cfg.method.prefix_length, "must be >= 1")
+    if cfg.method.name in MLP_METHODS:
+        _require(cfg.method.mid_dim is not None and cfg.method.mid_dim > 0, "method.mid_dim", cfg.method.mid_dim,
+                 f"must be >= 1 for method {cfg.method.name} (its MLP's width)")
+    else:
+        _require(cfg.method.mid_dim is None, "method.mid_dim", cfg.method.mid_dim,
+                 f"must be null: method {cfg.method.name} has no reparameterization MLP (use method=prefix for one)")
+    _require(cfg.method.init != "text" or cfg.method.name in PREFIX_METHODS, "method.init", cfg.method.init,
+             f"text init applies to prefix methods ({', '.join(PREFIX_METHODS)}), not {cfg.method.name}")
+    _require(cfg.method.k >= 1, "method.k", cfg.method.k, "must be >= 1")
+    _require(cfg.method.lora_r >= 1, "method.lora_r", cfg.method.lora_r, "must be >= 1")
+    _require(cfg.method.prefix_sites is None or len(cfg.method.prefix_sites) > 0, "method.prefix_sites",
+             cfg.method.prefix_sites, "null (all sites) or a non-empty list of decoder_self, encoder_self, cross")
+    _require(cfg.method.mlp_layers >= 1, "method.mlp_layers", cfg.method.mlp_layers, "must be >= 1")
+    _require(0.0 <= cfg.method.dropout < 1.0, "method.dropout", cfg.method.dropout, "must be in [0, 1)")
+    _require(cfg.method.init in ("random", "text"), "method.init", cfg.method.init, "random | text")
+    _require(
+        cfg.method.init != "text" or bool(cfg.method.init_text.strip()),
+        "method.init_text", cfg.method.init_text, "must hold some words when method.init=text",
+    )
+    _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {', '.join(sorted(TASKS))}")
+    _require(cfg.task.prompt_style in ("auto", "chat", "plain"), "task.prompt_style", cfg.task.prompt_style, "auto | chat | plain")
+    _require(cfg.task.batch_size >= 1, "task.batch_size", cfg.task.batch_size, "must be >= 1")
+    _require(cfg.task.eval_batch_size >= 1, "task.eval_batch_size", cfg.task.eval_batch_size, "must be >= 1")
+    _require(cfg.task.max_source_tokens >= 1, "task.max_source_tokens", cfg.task.max_source_tokens, "must be >= 1")
+    _require(cfg.task.max_target_tokens >= 1, "task.max_target_tokens", cfg.task.max_target_tokens, "must be >= 1")
+    for key in ("train_size", "val_size", "test_size"):
+        value = getattr(cfg.task, key)
+        _require(value is None or value >= 1, f"task.{key}", value, "must be >= 1, or null for the whole split")
+    _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
+    _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "must be >= 0")
+    _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", cfg.optim.warmup_steps, "must be >= 0")
+    _require(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps, "must be >= 1")
+    _require(
+        cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval >= 1,
+        "trainer.val_check_interval", cfg.trainer.val_check_interval, "must be >= 1 or null",
+    )
+    _require(cfg.generation.max_new_tokens >= 1, "generation.max_new_tokens", cfg.generation.max_new_tokens, "must be >= 1")
+    _require(cfg.generation.num_beams >= 1, "generation.num_beams", cfg.generation.num_beams, "must be >= 1")
+    _require(cfg.logger.kind in LOGGERS, "logger.kind", cfg.logger.kind, f"one of {', '.join(LOGGERS)}")
+    _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype, "float32 | bfloat16 | float16")
+    _require(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", cfg.model.attn_implementation, "sdpa | eager")

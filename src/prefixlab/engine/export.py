@@ -1,0 +1,111 @@
+"""The exported prefix: computed activations (never the MLP), as safetensors plus JSON.
+
+``prefix/prefix.safetensors``: for each site ``<site>.keys`` and ``<site>.values``,
+[num_layers, num_kv_heads, prefix_len, head_dim].
+``prefix/prefix_config.json``: format version, base model id, model type, geometry,
+prefix length, method, and whatever metadata the caller adds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..artifacts import atomic_replace_dir
+from .geometry import PrefixGeometry
+from .injection import PrefixActivations, SitePrefix
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "prefix.safetensors"
+CONFIG_FILE = "prefix_config.json"
+
+
+class PrefixFormatError(ValueError):
+    """An exported prefix is unreadable, of another format version, or for another model."""
+
+
+@dataclass
+class ExportedPrefix:
+    activations: PrefixActivations
+    geometry: PrefixGeometry
+    base_model: str
+    prefix_length: int
+    method: str
+    metadata: dict = field(default_factory=dict)
+
+
+def save_prefix(directory: Path, exported: ExportedPrefix) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for site, prefix in exported.activations.sites.items():
+        if prefix.keys.shape[1] != 1:
+            raise ValueError("only a single (batch-1) prefix can be exported")
+        tensors[f"{site}.keys"] = prefix.keys[:, 0].detach().float().cpu().contiguous()
+        tensors[f"{site}.values"] = prefix.values[:, 0].detach().float().cpu().contiguous()
+    config = {
+        "format": "prefixlab-prefix",
+        "format_version": FORMAT_VERSION,
+        "base_model": exported.base_model,
+        "geometry": exported.geometry.to_dict(),
+        "prefix_length": exported.prefix_length,
+        "method": exported.method,
+        "metadata": exported.metadata,
+    }
+
+    def fill(work: Path) -> None:
+        save_file(tensors, str(work / WEIGHTS_FILE))
+        (work / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+
+    return atomic_replace_dir(Path(directory), fill)
+
+
+def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None, expected_model: str | None = None) -> ExportedPrefix:
+    """Read an exported prefix, checking it against the model it is meant for. Raises PrefixFormatError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise PrefixFormatError(f"{directory} is not an exported prefix: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PrefixFormatError(f"{config_path} is not valid JSON ({error}); the export is corrupted") from error
+    if config.get("format") != "prefixlab-prefix" or config.get("format_version") != FORMAT_VERSION:
+        raise PrefixFormatError(
+            f"{config_path}: format {config.get('format')!r} version {config.get('format_version')!r}, "
+            f"this prefixlab reads prefixlab-prefix version {FORMAT_VERSION}"
+        )
+    geometry = PrefixGeometry.from_dict(config["geometry"])
+    if expected_model is not None and config["base_model"] != expected_model:
+        raise PrefixFormatError(
+            f"{directory} was trained for base model {config['base_model']!r}, not {expected_model!r}"
+        )
+    if expected_geometry is not None and geometry != expected_geometry:
+        raise PrefixFormatError(
+            f"{directory} has geometry {geometry.to_dict()}, but the model has {expected_geometry.to_dict()}"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise PrefixFormatError(f"{weights_path} cannot be read ({error}); the export is truncated or corrupted") from error
+    sites = {}
+    for site, g in geometry.sites.items():
+        shape = (g.num_layers, g.num_kv_heads, config["prefix_length"], g.head_dim)
+        keys, values = tensors.get(f"{site}.keys"), tensors.get(f"{site}.values")
+        if keys is None or values is None or tuple(keys.shape) != shape or tuple(values.shape) != shape:
+            raise PrefixFormatError(f"{weights_path}: site {site!r} tensors missing or not of shape {shape}")
+        sites[site] = SitePrefix(keys=keys.unsqueeze(1), values=values.unsqueeze(1))
+    return ExportedPrefix(
+        activations=PrefixActivations(sites),
+        geometry=geometry,
+        base_model=config["base_model"],
+        prefix_length=config["prefix_length"],
+        method=config["method"],
+        metadata=config.get("metadata", {}),
+    )

@@ -1,0 +1,95 @@
+"""A frozen encoder-decoder (BART, T5) plus a prefix, as in Li & Liang (2021).
+
+The prefix can feed three attention sites, each with its own activations:
+
+* ``encoder_self``: prepended in every encoder self-attention (changes the encoder states);
+* ``decoder_self``: prepended in every decoder self-attention;
+* ``cross``: prepended to the encoder states that the decoder attends to, in every layer.
+
+A ``PrefixActivations`` that lacks a site leaves that site plain, so restricting a method to
+some sites is building the prefix over ``geometry.restricted_to([...])``.
+
+Positions are left as the model computes them (the adapter's ``shift_positions`` is False):
+encoder and cross-attention have no offset to follow, and BART's learned / T5's relative
+decoder positions are not moved either. The prefix is prepended at call time in every
+attention call, so the cross-attention key/value cache that ``generate()`` fills once holds
+only the encoder states and every decoding step sees the prefix again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .injection import PrefixActivations, PrefixInjector
+from .prefixed_lm import PrefixedCausalLM
+
+
+class PrefixedSeq2SeqLM(nn.Module):
+    """``lm`` (an ``AutoModelForSeq2SeqLM``; frozen or not, the caller decides) with an optional
+    trainable ``prefix_encoder`` that returns ``PrefixActivations``.
+
+    Every call takes ``prefix``: leave it out to use the encoder's, pass ``None`` for the plain
+    model, or pass any ``PrefixActivations`` (an imported prefix, a subset of the sites, a batch
+    of per-example prefixes). Site keys/values: [layers, 1 or batch, kv_heads, prefix_len, head_dim].
+    """
+
+    _USE_ENCODER = PrefixedCausalLM._USE_ENCODER  # the same sentinel for every wrapper
+
+    def __init__(self, lm: nn.Module, prefix_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.injector = PrefixInjector(lm)
+        if not self.injector.adapter.is_encoder_decoder:
+            model_type = lm.config.model_type
+            self.injector.detach()
+            raise ValueError(
+                f"PrefixedSeq2SeqLM needs an encoder-decoder model; {model_type!r} is not one "
+                "(use PrefixedCausalLM or PrefixedEncoder)"
+            )
+        self.prefix_encoder = prefix_encoder
+
+    @property
+    def geometry(self):
+        return self.injector.geometry
+
+    def _resolve(self, prefix) -> PrefixActivations | None:
+        if prefix is self._USE_ENCODER:
+            return None if self.prefix_encoder is None else self.prefix_encoder()
+        return prefix
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        prefix=_USE_ENCODER,
+        **lm_kwargs,
+    ):
+        """input_ids, attention_mask: [batch, src_len]; labels / decoder_input_ids: [batch, tgt_len]
+        (the model shifts ``labels`` right when ``decoder_input_ids`` is None).
+
+        Returns the model's output: ``loss`` (with labels), ``logits`` [batch, tgt_len, vocab],
+        ``encoder_last_hidden_state`` [batch, src_len, d_model].
+        """
+        prefix = self._resolve(prefix)
+        with self.injector.activated(prefix):
+            return self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+                decoder_input_ids=decoder_input_ids,
+                **lm_kwargs,
+            )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix=_USE_ENCODER, **generate_kwargs):
+        """``lm.generate`` with the prefix in every attention call of the encoder pass and of every
+        decoding step (beam search included: per-example prefixes follow their expanded rows).
+        Returns what ``lm.generate`` returns ([batch * num_return_sequences, tgt_len] token ids)."""
+        prefix = self._resolve(prefix)
+        if prefix is not None:
+            prefix = prefix.detached()  # computed once per call, not per decoding step
+        with self.injector.activated(prefix):
+            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)

@@ -1,0 +1,11 @@
+"""The errors that mean "the input is wrong" (not "prefixlab is broken"): entry points print
+them as one line naming the thing at fault, without a traceback."""
+
+from .config import ConfigError
+from .engine.export import PrefixFormatError
+from .engine.families import UnsupportedModelError
+from .model_loading import ModelNotFoundError
+from .runs import OutputDirError
+from .tasks import DataError
+
+USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError)

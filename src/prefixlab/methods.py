@@ -1,0 +1,121 @@
+"""The paper's methods and baselines as switches on one pipeline (``method.name``).
+
+| name           | what trains                                        | what is exported                |
+|----------------|----------------------------------------------------|---------------------------------|
+| prefix         | MLP reparameterization of the prefix (Li & Liang)  | prefix activations (no MLP)     |
+| prefix_flat    | the prefix activations themselves                  | prefix activations              |
+| infix          | as prefix, but only the target sees it (INFIX-k)   | activations + placement         |
+| embedding      | k input embeddings (EMB-k, prompt tuning)          | their activations               |
+| finetune       | every LM weight                                    | the trained weights             |
+| finetune_topk  | the top k layers and the final norm (FT-top k)     | the trained weights             |
+| lora, ia3      | PEFT's LoRA / (IA)^3 adapters, injected in place   | PEFT adapter folder             |
+
+Plain torch and PEFT; the LightningModule calls ``prepare``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .engine.geometry import PrefixGeometry
+from .engine.initialization import init_token_ids, initialize_from_activations, word_activations
+from .engine.injection import PrefixActivations
+from .engine.parameterization import EmbeddingPrompt, FlatPrefix, MLPPrefix
+
+PREFIX_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
+MLP_METHODS = ("prefix", "infix")
+WEIGHT_METHODS = ("finetune", "finetune_topk")
+PEFT_METHODS = ("lora", "ia3")
+METHODS = PREFIX_METHODS + WEIGHT_METHODS + PEFT_METHODS
+
+
+def sites_for(geometry: PrefixGeometry, prefix_sites: list[str] | None) -> PrefixGeometry:
+    return geometry if not prefix_sites else geometry.restricted_to(list(prefix_sites))
+
+
+def build_prefix_encoder(method: dict, geometry: PrefixGeometry, lm: nn.Module, tokenizer) -> nn.Module:
+    """The trainable part of a prefix method, initialized as ``method.init`` says."""
+    name, length = method["name"], method["prefix_length"]
+    init_ids = init_token_ids(tokenizer, method["init_text"], length) if method.get("init") == "text" else None
+    if name == "embedding":
+        return EmbeddingPrompt(lm, length, init_token_ids=init_ids)
+    geometry = sites_for(geometry, method.get("prefix_sites"))
+    if name in MLP_METHODS:
+        encoder = MLPPrefix(
+            geometry, length, embed_dim=lm.get_input_embeddings().embedding_dim, mid_dim=method["mid_dim"],
+            mlp_layers=method["mlp_layers"], dropout=method["dropout"],
+        )
+    else:
+        encoder = FlatPrefix(geometry, length, init_std=method["init_std"])
+    if init_ids is not None:
+        initialize_from_activations(encoder, word_activations(lm, init_ids))
+    return encoder
+
+
+def _decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    base = lm.base_model
+    for attribute in ("layers", "h", "block"):
+        if hasattr(base, attribute):
+            return getattr(base, attribute)
+    raise ValueError(f"finetune_topk: cannot find the layer stack of a {lm.config.model_type} model")
+
+
+def _final_norm(lm: nn.Module) -> nn.Module | None:
+    base = lm.base_model
+    for attribute in ("norm", "ln_f", "final_layer_norm"):
+        if hasattr(base, attribute):
+            return getattr(base, attribute)
+    return None
+
+
+def unfreeze_for(method: dict, lm: nn.Module) -> None:
+    """Set requires_grad on the LM for the weight-training methods (LM frozen otherwise)."""
+    name = method["name"]
+    lm.requires_grad_(name == "finetune")
+    if name == "finetune_topk":
+        layers = _decoder_layers(lm)
+        k = method["k"]
+        if not 1 <= k <= len(layers):
+            raise ValueError(f"method.k={k} is out of range: the model has {len(layers)} layers")
+        for layer in layers[len(layers) - k:]:
+            layer.requires_grad_(True)
+        norm = _final_norm(lm)
+        if norm is not None:
+            norm.requires_grad_(True)
+        head = lm.get_output_embeddings()
+        # A tied head is the input embedding table (SmolLM2, GPT-2): leave it frozen, as the
+        # paper's FT-top2 tunes the top layers, not the vocabulary.
+        if head is not None and head.weight is not lm.get_input_embeddings().weight:
+            head.requires_grad_(True)
+    if name in PEFT_METHODS:
+        inject_peft_adapter(method, lm)
+
+
+def peft_config(method: dict, lm: nn.Module):
+    from peft import IA3Config, LoraConfig
+
+    targets = list(method.get("target_modules") or []) or None
+    if method["name"] == "lora":
+        return LoraConfig(
+            task_type="CAUSAL_LM", r=method["lora_r"], lora_alpha=method["lora_alpha"],
+            lora_dropout=method["dropout"], target_modules=targets,
+        )
+    return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=[] if targets else None)
+
+
+def inject_peft_adapter(method: dict, lm: nn.Module) -> None:
+    """LoRA / (IA)^3 injected into the LM's own modules (no PeftModel wrapper), so the
+    same forward and generate paths serve them; only the adapter weights train."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(peft_config(method, lm), lm, adapter_name="default")
+    for name, param in lm.named_parameters():
+        param.requires_grad_("lora_" in name or "ia3_" in name)
+
+
+def with_visibility(prefix: PrefixActivations, visible_from: torch.Tensor) -> PrefixActivations:
+    """Make a prefix an infix: seen only by tokens from ``visible_from`` [batch] on."""
+    return PrefixActivations({n: dataclasses.replace(p, visible_from=visible_from) for n, p in prefix.sites.items()})

@@ -1,0 +1,248 @@
+"""The LightningModule: a frozen pretrained LM plus a small trainable part.
+
+The trainable part is a prefix (or infix, or input embeddings) for the prefix methods, and
+LM weights or PEFT adapters for the baselines (``methods.py``). Hyperparameters are plain
+names and numbers (no modules), so checkpoints stay small and reload cleanly; a
+checkpoint holds the trainable parameters and optimizer state, never frozen LM weights
+(``on_save_checkpoint`` drops them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from .artifacts import atomic_replace_dir
+from .engine.export import ExportedPrefix, save_prefix
+from .engine.geometry import PrefixGeometry
+from .engine.prefixed_lm import PrefixedCausalLM
+from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for, with_visibility
+from .model_loading import load_causal_lm, load_tokenizer
+from .tasks import build_task
+
+_LM_PREFIX = "prefixed.lm."
+
+
+def _is_adapter(parameter_name: str) -> bool:
+    return "lora_" in parameter_name or "ia3_" in parameter_name
+
+
+class PrefixTuningModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        method: dict,
+        optim: dict,
+        generation: dict,
+        task_name: str,
+        eval_zero_shot: bool = True,
+        max_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints hold no frozen-LM weights by design
+        lm = load_causal_lm(
+            model["name_or_path"],
+            dtype=model["dtype"],
+            attn_implementation=model["attn_implementation"],
+            random_init=model["random_init"],
+            config_overrides=model["config_overrides"],
+        )
+        lm.eval()  # no dropout in the LM: the same function in training and evaluation
+        self.tokenizer = load_tokenizer(model["name_or_path"])
+        self.task = build_task(task_name)
+        self.is_prefix_method = method["name"] in PREFIX_METHODS
+        unfreeze_for(method, lm)
+        self.prefixed = PrefixedCausalLM(lm, None)
+        if self.is_prefix_method:
+            self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, lm, self.tokenizer)
+        self._outputs: dict[str, list[dict]] = {}
+
+    # ---- parameter accounting -------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, Any]:
+        lm_params = sum(p.numel() for n, p in self.prefixed.lm.named_parameters() if not _is_adapter(n))
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if self.is_prefix_method:
+            geometry = self.prefixed.prefix_encoder().sites
+            exported = sum(p.keys.numel() + p.values.numel() for p in geometry.values())
+        else:
+            exported = trainable
+        return {
+            "lm_params": lm_params,
+            "trainable_params": trainable,
+            "total_params": lm_params + sum(p.numel() for n, p in self.named_parameters() if not n.startswith(_LM_PREFIX)),
+            "exported_params": exported,
+            "trainable_percent_of_lm": 100.0 * trainable / lm_params,
+            "exported_percent_of_lm": 100.0 * exported / lm_params,
+        }
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.prefixed.lm.eval()  # Lightning flips everything to train(); the frozen LM stays in eval
+        return self
+
+    # ---- training --------------------------------------------------------------------------
+    def prefix(self, visible_from: torch.Tensor | None = None):
+        """The current prefix (None for methods without one); an infix gets its visibility."""
+        encoder = self.prefixed.prefix_encoder
+        if encoder is None:
+            return None
+        activations = encoder()
+        if self.hparams.method["name"] == "infix":
+            activations = with_visibility(activations, visible_from)
+        return activations
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        labels = batch["labels"]
+        # infix: visible from the last prompt token, the one that predicts the first target token
+        first_target = (labels != -100).long().argmax(dim=1)
+        prefix = self.prefix(visible_from=first_target - 1)
+        return self.prefixed.target_loss(batch["input_ids"], batch["attention_mask"], labels, prefix=prefix)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower optim.lr")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optim = self.hparams.optim
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=optim["lr"], weight_decay=optim["weight_decay"], betas=tuple(optim["betas"]))
+        scheduler = get_linear_schedule_with_warmup(optimizer, optim["warmup_steps"], self.hparams.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_LM_PREFIX) or k in trainable
+        }
+
+    # ---- generation and evaluation ---------------------------------------------------------
+    def generate_text(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, use_prefix: bool = True) -> list[str]:
+        gen = self.hparams.generation
+        visible_from = torch.full((prompt_ids.shape[0],), prompt_ids.shape[1] - 1, device=prompt_ids.device)
+        prefix = self.prefix(visible_from) if use_prefix else None
+        output = self.prefixed.generate(
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=gen["max_new_tokens"],
+            num_beams=gen["num_beams"],
+            length_penalty=gen["length_penalty"],
+            no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            prefix=prefix,
+        )
+        new_tokens = output[:, prompt_ids.shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _eval_step(self, stage: str, batch: dict) -> None:
+        size = batch["input_ids"].shape[0]
+        loss = self._loss(batch)
+        self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
+        predictions = self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
+        zero_shot = (
+            self.generate_text(batch["prompt_ids"], batch["prompt_mask"], use_prefix=False)
+            if stage == "test" and self.hparams.eval_zero_shot and self.is_prefix_method
+            else [None] * size
+        )
+        rows = self._outputs.setdefault(stage, [])
+        for i in range(size):
+            rows.append(
+                {
+                    "id": batch["ids"][i],
+                    "input": batch["sources"][i],
+                    "prediction": predictions[i],
+                    "zero_shot_prediction": zero_shot[i],
+                    "references": list(batch["references"][i]),
+                }
+            )
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        rows = self._outputs.get(stage, [])
+        if not rows:
+            return
+        references = [tuple(r["references"]) for r in rows]
+        scores = self.task.score([r["prediction"] for r in rows], references)
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "rougeL")
+        if rows[0]["zero_shot_prediction"] is not None:
+            for name, value in self.task.score([r["zero_shot_prediction"] for r in rows], references).items():
+                self.log(f"{stage}/zero_shot_{name}", value)
+        self.last_predictions = {**getattr(self, "last_predictions", {}), stage: rows}
+        self._outputs[stage] = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---- export ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def exported_prefix(self) -> ExportedPrefix:
+        encoder = self.prefixed.prefix_encoder
+        was_training = encoder.training
+        encoder.eval()  # no dropout in what is exported
+        activations = encoder().detached()
+        encoder.train(was_training)
+        method = self.hparams.method
+        return ExportedPrefix(
+            activations=activations,
+            geometry=PrefixGeometry(
+                self.prefixed.geometry.model_type, {n: self.prefixed.geometry.sites[n] for n in activations.sites}
+            ),
+            base_model=self.hparams.model["name_or_path"],
+            prefix_length=method["prefix_length"],
+            method=method["name"],
+            metadata={"task": self.hparams.task_name, "placement": "infix" if method["name"] == "infix" else "prefix"},
+        )
+
+    def export(self, directory: Path) -> Path:
+        """What a user keeps from the run: the prefix activations for prefix methods, the PEFT
+        adapter for lora/ia3, the trained weights (safetensors) for fine-tuning."""
+        name = self.hparams.method["name"]
+        if self.is_prefix_method:
+            return save_prefix(directory, self.exported_prefix())
+        lm = self.prefixed.lm
+        if name in PEFT_METHODS:
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            config = peft_config(self.hparams.method, lm)
+            config.base_model_name_or_path = self.hparams.model["name_or_path"]
+            # PeftModel names the LM `base_model.model`: its files carry that prefix.
+            state = {
+                f"base_model.model.{k}": v.detach().cpu().contiguous()
+                for k, v in get_peft_model_state_dict(lm, adapter_name="default").items()
+            }
+
+            def fill(work: Path) -> None:
+                config.save_pretrained(str(work))
+                save_file(state, str(work / "adapter_model.safetensors"))
+
+            return atomic_replace_dir(directory, fill)
+        from safetensors.torch import save_file
+
+        trained = {n: p.detach().cpu().contiguous() for n, p in lm.named_parameters() if p.requires_grad}
+        info = {"base_model": self.hparams.model["name_or_path"], "method": self.hparams.method, "parameters": len(trained)}
+
+        def fill_weights(work: Path) -> None:
+            save_file(trained, str(work / "trained_weights.safetensors"))
+            (work / "trained_config.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+        return atomic_replace_dir(directory, fill_weights)

@@ -1,0 +1,34 @@
+"""Small builders shared by the pipeline tests: the tiny random SmolLM2-shaped model."""
+
+TINY_MODEL = {
+    "name_or_path": "embedded:smollm2-135m-instruct",
+    "dtype": "float32",
+    "attn_implementation": "sdpa",
+    "random_init": True,
+    "config_overrides": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    },
+}
+PREFIX_METHOD = {"name": "prefix", "prefix_length": 4, "mid_dim": 32, "mlp_layers": 1, "dropout": 0.0, "init_std": 0.02, "init": "random", "init_text": ""}
+OPTIM = {"lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 0, "betas": [0.9, 0.999]}
+GENERATION = {"max_new_tokens": 4, "num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+TINY_CLI = [
+    "model=tiny_random",
+    "method.prefix_length=4",
+    "method.mid_dim=32",
+    "task.train_size=16",
+    "task.val_size=4",
+    "task.test_size=4",
+    "task.max_source_tokens=48",
+    "task.batch_size=4",
+    "task.eval_batch_size=4",
+    "generation.max_new_tokens=4",
+    "trainer.max_steps=3",
+    "trainer.enable_progress_bar=false",
+]

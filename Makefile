@@ -31,5 +31,8 @@ test-fast: setup
 train: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/prefixlab-train $(ARGS)
 
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --out bench
+
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -44,6 +44,23 @@ def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Ten
     return ids, mask
 
 
+def collate_seq2seq(batch: list[EncodedExample], pad_id: int) -> dict:
+    """Encoder-decoder batches: input_ids, attention_mask: [batch, source] right-padded (also
+    used as prompt_ids / prompt_mask for generation); labels: [batch, target], -100 at padding."""
+    input_ids, attention_mask = _pad([e.prompt_ids for e in batch], pad_id, left=False)
+    targets, target_mask = _pad([e.target_ids for e in batch], pad_id, left=False)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": targets.masked_fill(target_mask == 0, IGNORE_INDEX),
+        "prompt_ids": input_ids,
+        "prompt_mask": attention_mask,
+        "ids": [e.example.id for e in batch],
+        "sources": [e.example.source for e in batch],
+        "references": [e.example.references for e in batch],
+    }
+
+
 def collate(batch: list[EncodedExample], pad_id: int) -> dict:
     """input_ids, attention_mask, labels: [batch, prompt+target] left-padded;
     prompt_ids, prompt_mask: [batch, prompt] left-padded (for generation)."""
@@ -87,6 +104,7 @@ class TaskDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int = 8,
         seed: int = 42,
+        is_encoder_decoder: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,7 +119,8 @@ class TaskDataModule(pl.LightningDataModule):
         tokenizer = load_tokenizer(hp.tokenizer_name)
         self.pad_id = tokenizer.pad_token_id
         self.formatter = PromptFormatter(
-            tokenizer, self.task.instruction, self.task.answer_cue, hp.prompt_style, hp.max_source_tokens, hp.max_target_tokens
+            tokenizer, self.task.instruction, self.task.answer_cue, hp.prompt_style, hp.max_source_tokens,
+            hp.max_target_tokens, is_encoder_decoder=hp.is_encoder_decoder,
         )
         sizes = {"train": hp.train_size, "validation": hp.val_size, "test": hp.test_size}
         for split, size in sizes.items():
@@ -115,12 +134,13 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)
+        collate_fn = collate_seq2seq if self.hparams.is_encoder_decoder else collate
         return DataLoader(
             self.splits[split],
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator if shuffle else None,
-            collate_fn=lambda batch: collate(batch, self.pad_id),
+            collate_fn=lambda batch: collate_fn(batch, self.pad_id),
         )
 
     def train_dataloader(self) -> DataLoader:

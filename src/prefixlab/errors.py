@@ -4,8 +4,10 @@ them as one line naming the thing at fault, without a traceback."""
 from .config import ConfigError
 from .engine.export import PrefixFormatError
 from .engine.families import UnsupportedModelError
+from .methods import MethodNotSupportedError
 from .model_loading import ModelNotFoundError
 from .runs import OutputDirError
 from .tasks import DataError
 
-USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError)
+USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError,
+               MethodNotSupportedError)

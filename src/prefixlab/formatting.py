@@ -4,6 +4,8 @@
 the target as the assistant's reply (ends with the template's end-of-turn token).
 ``plain``: ``instruction / source / answer cue`` as text, the target after a space,
 then EOS: the form of the original prefix-tuning code, for base models such as GPT-2.
+``source``: for encoder-decoders (BART, T5), the source alone is the encoder input and
+the target the decoder's, each with the tokenizer's own special tokens.
 The same prompt serves the prefix-tuned model and the zero-shot baseline, so the
 baseline differs only by the missing prefix.
 """
@@ -21,10 +23,14 @@ class PromptFormatter:
     style: str = "auto"
     max_source_tokens: int = 256
     max_target_tokens: int = 32
+    is_encoder_decoder: bool = False
 
     def __post_init__(self) -> None:
         if self.style == "auto":
-            self.style = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
+            if self.is_encoder_decoder:
+                self.style = "source"
+            else:
+                self.style = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
         if self.style == "chat" and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("task.prompt_style=chat but the tokenizer has no chat template; use task.prompt_style=plain")
 
@@ -36,6 +42,8 @@ class PromptFormatter:
 
     def prompt_ids(self, source: str) -> list[int]:
         source = self._truncated_source(source)
+        if self.style == "source":
+            return self.tokenizer(source, add_special_tokens=True)["input_ids"]
         if self.style == "chat":
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": f"{self.instruction}\n\n{source}"}],
@@ -48,6 +56,11 @@ class PromptFormatter:
         return ([bos] if bos is not None and bos != self.tokenizer.eos_token_id else []) + ids
 
     def target_ids(self, target: str) -> list[int]:
+        if self.style == "source":
+            eos = self.tokenizer.eos_token_id
+            ids = self.tokenizer(target, add_special_tokens=True)["input_ids"]
+            ids = ids[:-1] if ids and ids[-1] == eos else ids  # some tokenizers add EOS, some do not
+            return ids[: self.max_target_tokens] + [eos]
         text = target if self.style == "chat" else " " + target
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
         return ids + [self.tokenizer.eos_token_id]

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace):
     from .engine.peft_format import is_peft_prefix, load_peft_prefix
     from .engine.prefixed_lm import PrefixedCausalLM
     from .formatting import PromptFormatter
-    from .model_loading import load_causal_lm, load_config, load_tokenizer
+    from .model_loading import load_lm, load_config, load_tokenizer
     from .tasks import build_task
 
     prefix_dirs = _named_prefix_dirs(args.prefix)
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace):
     if unknown:
         raise ValueError(f"prompts name prefixes {unknown} that no --prefix gives; given: {sorted(prefix_dirs)}")
 
-    lm = load_causal_lm(model_name)
+    lm = load_lm(model_name)
     lm.requires_grad_(False)
     tokenizer = load_tokenizer(model_name)
     model = PrefixedCausalLM(lm.eval())

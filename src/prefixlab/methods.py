@@ -30,6 +30,44 @@ MLP_METHODS = ("prefix", "infix")
 WEIGHT_METHODS = ("finetune", "finetune_topk")
 PEFT_METHODS = ("lora", "ia3")
 METHODS = PREFIX_METHODS + WEIGHT_METHODS + PEFT_METHODS
+DECODER_ONLY_METHODS = ("infix", "embedding")
+
+
+class MethodNotSupportedError(ValueError):
+    """The chosen method cannot be applied to the chosen model."""
+
+
+def check_method_fits_model(method: dict, config) -> None:
+    """Before any weights load: is this method defined for this architecture?"""
+    from .engine.families import UnsupportedModelError, adapter_for_model_type
+
+    name = method["name"]
+    try:
+        adapter = adapter_for_model_type(config.model_type)
+    except UnsupportedModelError:
+        if name in PREFIX_METHODS:
+            raise  # it names the supported model types
+        adapter = None  # fine-tuning and PEFT methods need no prefix adapter
+    if adapter is not None and adapter.is_encoder_only:
+        raise MethodNotSupportedError(
+            f"model type {config.model_type!r} is an encoder: it cannot generate text for this task "
+            "(encoders take classification and extraction tasks)"
+        )
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    if encoder_decoder and (name in DECODER_ONLY_METHODS or method.get("init") == "text"):
+        what = f"method={name}" if name in DECODER_ONLY_METHODS else "method.init=text"
+        raise MethodNotSupportedError(
+            f"{what} is implemented for decoder-only models; {config.model_type!r} is an encoder-decoder. "
+            "Use method=prefix or prefix_flat (with method.prefix_sites), finetune, finetune_topk, lora or ia3"
+        )
+    sites = method.get("prefix_sites")
+    if sites and name in PREFIX_METHODS:
+        allowed = {"decoder_self", "encoder_self", "cross"} if encoder_decoder else {"decoder_self"}
+        unknown = sorted(set(sites) - allowed)
+        if unknown:
+            raise MethodNotSupportedError(
+                f"method.prefix_sites={list(sites)}: {unknown} do not exist in a {config.model_type!r} model; it has {sorted(allowed)}"
+            )
 
 
 def sites_for(geometry: PrefixGeometry, prefix_sites: list[str] | None) -> PrefixGeometry:
@@ -56,7 +94,10 @@ def build_prefix_encoder(method: dict, geometry: PrefixGeometry, lm: nn.Module, 
 
 
 def _decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The layer stack that produces the output: an encoder-decoder's decoder."""
     base = lm.base_model
+    if getattr(lm.config, "is_encoder_decoder", False):
+        base = lm.get_decoder()
     for attribute in ("layers", "h", "block"):
         if hasattr(base, attribute):
             return getattr(base, attribute)
@@ -64,7 +105,7 @@ def _decoder_layers(lm: nn.Module) -> nn.ModuleList:
 
 
 def _final_norm(lm: nn.Module) -> nn.Module | None:
-    base = lm.base_model
+    base = lm.get_decoder() if getattr(lm.config, "is_encoder_decoder", False) else lm.base_model
     for attribute in ("norm", "ln_f", "final_layer_norm"):
         if hasattr(base, attribute):
             return getattr(base, attribute)
@@ -98,12 +139,13 @@ def peft_config(method: dict, lm: nn.Module):
     from peft import IA3Config, LoraConfig
 
     targets = list(method.get("target_modules") or []) or None
+    task_type = "SEQ_2_SEQ_LM" if getattr(lm.config, "is_encoder_decoder", False) else "CAUSAL_LM"
     if method["name"] == "lora":
         return LoraConfig(
-            task_type="CAUSAL_LM", r=method["lora_r"], lora_alpha=method["lora_alpha"],
+            task_type=task_type, r=method["lora_r"], lora_alpha=method["lora_alpha"],
             lora_dropout=method["dropout"], target_modules=targets,
         )
-    return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=[] if targets else None)
+    return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=[] if targets else None)
 
 
 def inject_peft_adapter(method: dict, lm: nn.Module) -> None:

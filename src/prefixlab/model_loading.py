@@ -132,31 +132,30 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_causal_lm(
+def load_lm(
     name_or_path: str,
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     random_init: bool = False,
     config_overrides: dict | None = None,
 ):
-    """A causal LM by name. ``random_init`` builds the same architecture (with ``config_overrides``,
-    e.g. fewer layers) from random weights: for fast debugging runs and tests of the pipeline."""
+    """A generative LM by name: causal (GPT-2, Llama, ...) or encoder-decoder (BART, T5), by its config.
+
+    ``random_init`` builds the same architecture (with ``config_overrides``, e.g. fewer
+    layers) from random weights: for fast debugging runs and tests of the pipeline."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     torch_dtype = getattr(torch, dtype)
-    if random_init or config_overrides:
-        config = load_config(name_or_path)
-        for key, value in (config_overrides or {}).items():
-            if not hasattr(config, key):
-                raise ValueError(f"model.config_overrides: {config.model_type} config has no field {key!r}")
-            setattr(config, key, value)
-        if random_init:
-            config._attn_implementation = attn_implementation
-            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-        return AutoModelForCausalLM.from_pretrained(
-            resolve(name_or_path), config=config, dtype=torch_dtype, attn_implementation=attn_implementation
-        )
-    return AutoModelForCausalLM.from_pretrained(
-        resolve(name_or_path), dtype=torch_dtype, attn_implementation=attn_implementation
+    config = load_config(name_or_path)
+    for key, value in (config_overrides or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(f"model.config_overrides: {config.model_type} config has no field {key!r}")
+        setattr(config, key, value)
+    auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if random_init:
+        config._attn_implementation = attn_implementation
+        return auto_class.from_config(config, dtype=torch_dtype)
+    return auto_class.from_pretrained(
+        resolve(name_or_path), config=config, dtype=torch_dtype, attn_implementation=attn_implementation
     )

@@ -21,8 +21,9 @@ from .artifacts import atomic_replace_dir
 from .engine.export import ExportedPrefix, save_prefix
 from .engine.geometry import PrefixGeometry
 from .engine.prefixed_lm import PrefixedCausalLM
+from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for, with_visibility
-from .model_loading import load_causal_lm, load_tokenizer
+from .model_loading import load_lm, load_tokenizer
 from .tasks import build_task
 
 _LM_PREFIX = "prefixed.lm."
@@ -46,7 +47,7 @@ class PrefixTuningModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints hold no frozen-LM weights by design
-        lm = load_causal_lm(
+        lm = load_lm(
             model["name_or_path"],
             dtype=model["dtype"],
             attn_implementation=model["attn_implementation"],
@@ -54,11 +55,14 @@ class PrefixTuningModule(pl.LightningModule):
             config_overrides=model["config_overrides"],
         )
         lm.eval()  # no dropout in the LM: the same function in training and evaluation
+        if model.get("gradient_checkpointing"):
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = load_tokenizer(model["name_or_path"])
         self.task = build_task(task_name)
         self.is_prefix_method = method["name"] in PREFIX_METHODS
         unfreeze_for(method, lm)
-        self.prefixed = PrefixedCausalLM(lm, None)
+        self.is_encoder_decoder = bool(lm.config.is_encoder_decoder)
+        self.prefixed = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm, None)
         if self.is_prefix_method:
             self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, lm, self.tokenizer)
         self._outputs: dict[str, list[dict]] = {}
@@ -83,7 +87,10 @@ class PrefixTuningModule(pl.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.prefixed.lm.eval()  # Lightning flips everything to train(); the frozen LM stays in eval
+        # Lightning flips everything to train(); the LM stays in eval (no dropout), except that
+        # transformers only checkpoints layers of a module in train mode.
+        if not (mode and self.hparams.model.get("gradient_checkpointing")):
+            self.prefixed.lm.eval()
         return self
 
     # ---- training --------------------------------------------------------------------------
@@ -102,6 +109,8 @@ class PrefixTuningModule(pl.LightningModule):
         # infix: visible from the last prompt token, the one that predicts the first target token
         first_target = (labels != -100).long().argmax(dim=1)
         prefix = self.prefix(visible_from=first_target - 1)
+        if self.is_encoder_decoder:
+            return self.prefixed(batch["input_ids"], batch["attention_mask"], labels=labels, prefix=prefix).loss
         return self.prefixed.target_loss(batch["input_ids"], batch["attention_mask"], labels, prefix=prefix)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -141,7 +150,7 @@ class PrefixTuningModule(pl.LightningModule):
             eos_token_id=self.tokenizer.eos_token_id,
             prefix=prefix,
         )
-        new_tokens = output[:, prompt_ids.shape[1]:]
+        new_tokens = output if self.is_encoder_decoder else output[:, prompt_ids.shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def _eval_step(self, stage: str, batch: dict) -> None:

@@ -30,11 +30,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from .datamodule import TaskDataModule
+    from .methods import check_method_fits_model
     from .model_loading import load_config
     from .module import PrefixTuningModule
     from .runs import build_logger, build_trainer, check_writable, finish_logger, run_summary, write_results
 
-    load_config(settings.model.name_or_path)  # a wrong model name fails here, before any weights load
+    model_config = load_config(settings.model.name_or_path)  # a wrong model name fails here, before any weights load
+    check_method_fits_model(OmegaConf.to_container(cfg.method, resolve=True), model_config)
     check_writable(run_dir)
     started = time.time()
     pl.seed_everything(settings.seed, workers=True)
@@ -43,7 +45,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule = TaskDataModule(
         task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
         task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-        seed=settings.seed,
+        seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder),
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module = PrefixTuningModule(

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from prefixlab.datamodule import TaskDataModule
-from prefixlab.model_loading import SMOLLM2, load_causal_lm, load_tokenizer
+from prefixlab.model_loading import SMOLLM2, load_lm, load_tokenizer
 from prefixlab.module import PrefixTuningModule
 
 pytestmark = pytest.mark.embedded
@@ -16,7 +16,7 @@ def test_converted_folder_is_an_ordinary_model_folder(smollm2_dir):
 
     files = {p.name for p in Path(smollm2_dir).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
-    model = load_causal_lm(SMOLLM2)
+    model = load_lm(SMOLLM2)
     assert model.config.model_type == "llama"
     assert model.config.num_key_value_heads == 3 and model.config.num_attention_heads == 9  # grouped-query attention
     assert "quantization_config" not in model.config.to_dict()

@@ -5,6 +5,7 @@ TINY_MODEL = {
     "dtype": "float32",
     "attn_implementation": "sdpa",
     "random_init": True,
+    "gradient_checkpointing": False,
     "config_overrides": {
         "num_hidden_layers": 2,
         "hidden_size": 64,
@@ -14,7 +15,9 @@ TINY_MODEL = {
         "head_dim": 16,
     },
 }
-PREFIX_METHOD = {"name": "prefix", "prefix_length": 4, "mid_dim": 32, "mlp_layers": 1, "dropout": 0.0, "init_std": 0.02, "init": "random", "init_text": ""}
+PREFIX_METHOD = {"name": "prefix", "prefix_length": 4, "mid_dim": 32, "mlp_layers": 1, "dropout": 0.0, "init_std": 0.02,
+                 "init": "random", "init_text": "", "k": 2, "lora_r": 8, "lora_alpha": 16, "target_modules": [],
+                 "prefix_sites": None}
 OPTIM = {"lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 0, "betas": [0.9, 0.999]}
 GENERATION = {"max_new_tokens": 4, "num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0}
 
@@ -32,3 +35,11 @@ TINY_CLI = [
     "trainer.max_steps=3",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def load_tiny_lm():
+    from prefixlab.model_loading import load_lm
+
+    return load_lm(
+        TINY_MODEL["name_or_path"], random_init=True, config_overrides=TINY_MODEL["config_overrides"]
+    )

@@ -11,9 +11,9 @@ import torch
 from prefixlab.engine.export import ExportedPrefix, save_prefix
 from prefixlab.engine.parameterization import FlatPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-from prefixlab.model_loading import load_causal_lm, load_tokenizer
+from prefixlab.model_loading import load_lm, load_tokenizer
 
-from .helpers import TINY_MODEL
+from .helpers import TINY_MODEL, load_tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def saved_model(tmp_path_factory):
     """The tiny random model as an ordinary local model folder."""
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    load_causal_lm(**TINY_MODEL).save_pretrained(folder)
+    load_tiny_lm().save_pretrained(folder)
     load_tokenizer(TINY_MODEL["name_or_path"]).save_pretrained(folder)
     return folder
 
@@ -32,7 +32,7 @@ def _cli(args, stdin=""):
 
 
 def test_mixed_prefixes_in_one_batch_equal_each_prompt_alone(tmp_path, saved_model):
-    lm = load_causal_lm(str(saved_model))
+    lm = load_lm(str(saved_model))
     model = PrefixedCausalLM(lm.eval())
     prefixes = {}
     for name, length in (("short", 2), ("long", 6)):
@@ -56,7 +56,7 @@ def test_mixed_prefixes_in_one_batch_equal_each_prompt_alone(tmp_path, saved_mod
 
 
 def test_prefix_for_another_model_is_one_clear_error(tmp_path, saved_model):
-    model = PrefixedCausalLM(load_causal_lm(str(saved_model)))
+    model = PrefixedCausalLM(load_lm(str(saved_model)))
     save_prefix(tmp_path / "p", ExportedPrefix(FlatPrefix(model.geometry, 2)().detached(), model.geometry, "some/other-model", 2, "prefix_flat"))
     result = _cli(["--model", str(saved_model), "--prefix", str(tmp_path / "p")], "hello")
     assert result.returncode != 0

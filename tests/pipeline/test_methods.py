@@ -9,7 +9,7 @@ import torch
 from prefixlab.engine.export import load_prefix
 from prefixlab.module import PrefixTuningModule
 
-from .helpers import GENERATION, OPTIM, TINY_MODEL
+from .helpers import GENERATION, OPTIM, TINY_MODEL, load_tiny_lm
 from .test_training_invariants import _datamodule, _trainer
 
 BASE = {"prefix_length": 4, "mid_dim": None, "mlp_layers": 1, "dropout": 0.0, "init_std": 0.02, "init": "random",
@@ -66,7 +66,7 @@ def test_finetune_topk_trains_exactly_the_top_layers():
 def test_lora_export_loads_in_peft_with_equal_logits(tmp_path):
     from peft import PeftModel
 
-    from prefixlab.model_loading import load_causal_lm
+    from prefixlab.model_loading import load_lm
 
     torch.manual_seed(0)
     module = _module("lora")
@@ -75,7 +75,7 @@ def test_lora_export_loads_in_peft_with_equal_logits(tmp_path):
             if "lora_B" in n:
                 p.normal_()
     module.export(tmp_path / "lora")
-    base = load_causal_lm(**{**TINY_MODEL})
+    base = load_tiny_lm()
     # the same random base weights (LoRA wraps each target Linear as `<name>.base_layer`)
     plain = {k.replace(".base_layer", ""): v for k, v in module.prefixed.lm.state_dict().items() if "lora_" not in k}
     base.load_state_dict(plain, strict=True)

@@ -76,7 +76,7 @@ def test_two_runs_started_together_get_distinct_directories(tmp_path):
     "args, expected",
     [
         (["model.name_or_path=/nonexistent/model"], "model.name_or_path='/nonexistent/model'"),
-        (["model.name_or_path=not a model!"], "neither a local model folder nor a Hugging Face model id"),
+        (["model.name_or_path='not a model!'"], "neither a local model folder nor a Hugging Face model id"),
         (["method.prefix_length=0"], "method.prefix_length=0"),
         (["method.prefix_length=-2"], "method.prefix_length=-2"),
     ],

@@ -51,6 +51,7 @@ class FamilyAdapter:
     model_types: tuple[str, ...]
     attention_modules: Callable[[nn.Module], dict[AttentionSite, list[nn.Module]]]
     is_encoder_decoder: bool = False
+    is_encoder_only: bool = False  # BERT family: classification / extraction heads, no generation
     shift_positions: bool = True
     kv_shape: Callable[[nn.Module], tuple[int, int]] | None = None
 
@@ -161,12 +162,14 @@ FAMILY_ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter(
         model_types=("bert", "roberta", "xlm-roberta", "electra"),
         attention_modules=_bert_like,
+        is_encoder_only=True,
         shift_positions=False,
         kv_shape=lambda m: (m.num_attention_heads, m.attention_head_size),
     ),
     FamilyAdapter(
         model_types=("distilbert",),
         attention_modules=_distilbert,
+        is_encoder_only=True,
         shift_positions=False,
         kv_shape=lambda m: (m.n_heads, m.attention_head_size),
     ),

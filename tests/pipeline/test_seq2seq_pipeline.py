@@ -1,0 +1,71 @@
+"""Encoder-decoder models on the same pipeline: prefixes at every site, switchable per site."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+from prefixlab.model_loading import load_tokenizer
+
+from .helpers import TINY_CLI
+
+
+def _tiny_seq2seq(kind, vocab, pad, eos):
+    torch.manual_seed(0)
+    if kind == "bart":
+        config = BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
+                            pad_token_id=pad, bos_token_id=1, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=None)
+        return BartForConditionalGeneration(config)
+    config = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
+    return T5ForConditionalGeneration(config)
+
+
+@pytest.fixture(scope="module", params=["bart", "t5"])
+def seq2seq_folder(request, tmp_path_factory):
+    """A tiny random BART / T5 with the embedded tokenizer, saved as an ordinary local model folder."""
+    tokenizer = load_tokenizer("embedded:smollm2-135m-instruct")
+    folder = tmp_path_factory.mktemp(request.param)
+    _tiny_seq2seq(request.param, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _seq2seq_cli(folder):
+    return [a for a in TINY_CLI if not a.startswith("model=")] + [f"model.name_or_path={folder}", "trainer.max_steps=2"]
+
+
+@pytest.mark.parametrize("sites", ["null", "[encoder_self]", "[decoder_self,cross]"])
+def test_seq2seq_prefix_trains_and_exports_the_chosen_sites(tmp_path, seq2seq_folder, sites):
+    result = _run(_seq2seq_cli(seq2seq_folder) + [f"method.prefix_sites={sites}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs").glob("*/*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and "test/rougeL" in metrics
+    exported = json.loads((run_dir / "prefix" / "prefix_config.json").read_text())
+    expected = ["cross", "decoder_self", "encoder_self"] if sites == "null" else sorted(sites.strip("[]").split(","))
+    assert sorted(exported["geometry"]["sites"]) == expected
+
+
+def test_decoder_only_methods_on_an_encoder_decoder_fail_before_loading(tmp_path, seq2seq_folder):
+    args = [a for a in _seq2seq_cli(seq2seq_folder) if not a.startswith("method.mid_dim")]
+    result = _run(args + ["method=embedding"], tmp_path)
+    assert result.returncode != 0
+    assert "method=embedding is implemented for decoder-only models" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_site_that_the_model_lacks_is_rejected(tmp_path):
+    result = _run(TINY_CLI + ["method.prefix_sites=[cross]"], tmp_path)
+    assert result.returncode != 0
+    assert "do not exist in a 'llama' model" in result.stderr

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace):
     from .engine.peft_format import is_peft_prefix, load_peft_prefix
     from .engine.prefixed_lm import PrefixedCausalLM
     from .formatting import PromptFormatter
+    from .methods import with_visibility
     from .model_loading import load_lm, load_config, load_tokenizer
     from .tasks import build_task
 
@@ -106,14 +107,23 @@ def run(args: argparse.Namespace):
     tokenizer = load_tokenizer(model_name)
     model = PrefixedCausalLM(lm.eval())
     prefixes: dict[str, PrefixActivations] = {}
+    infixes: set[str] = set()  # seen from the last prompt token on, not by the prompt
     for name, directory in prefix_dirs.items():
         if is_peft_prefix(directory):
             prefixes[name] = load_peft_prefix(directory, model.geometry)
-        else:
-            try:
-                prefixes[name] = load_prefix(directory, model.geometry, expected_model=model_name).activations
-            except PrefixFormatError as error:
-                raise PrefixFormatError(f"--prefix {name}={directory}: {error}") from error
+            continue
+        try:
+            exported = load_prefix(directory, expected_model=model_name)
+            model_sites = {s: model.geometry.sites.get(s) for s in exported.geometry.sites}
+            if exported.geometry.model_type != model.geometry.model_type or model_sites != exported.geometry.sites:
+                raise PrefixFormatError(
+                    f"geometry {exported.geometry.to_dict()} does not fit {model_name} ({model.geometry.to_dict()})"
+                )
+        except PrefixFormatError as error:
+            raise PrefixFormatError(f"--prefix {name}={directory}: {error}") from error
+        prefixes[name] = exported.activations
+        if exported.metadata.get("placement") == "infix":
+            infixes.add(name)
 
     if args.task:
         task = build_task(args.task)
@@ -138,6 +148,9 @@ def run(args: argparse.Namespace):
             ids[i, width - len(e):] = torch.tensor(e)
             mask[i, width - len(e):] = 1
         batch_prefix = stack_prefixes([prefixes.get(r["prefix"], PrefixActivations({})) for r in rows])
+        if infixes:
+            visible_from = torch.tensor([width - 1 if r["prefix"] in infixes else 0 for r in rows])
+            batch_prefix = with_visibility(batch_prefix, visible_from)
         output = model.generate(
             ids, mask, prefix=batch_prefix, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -62,3 +62,38 @@ def test_prefix_for_another_model_is_one_clear_error(tmp_path, saved_model):
     assert result.returncode != 0
     assert "'some/other-model'" in result.stderr and str(saved_model) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_convert_round_trip_through_peft_keeps_the_outputs(tmp_path, saved_model):
+    from prefixlab.convert import convert
+    from prefixlab.engine.export import load_prefix
+
+    model = PrefixedCausalLM(load_lm(str(saved_model)))
+    activations = FlatPrefix(model.geometry, 3, init_std=1.0)().detached()
+    save_prefix(tmp_path / "ours", ExportedPrefix(activations, model.geometry, str(saved_model), 3, "prefix_flat"))
+    convert(tmp_path / "ours", "peft", tmp_path / "peft", None)
+    convert(tmp_path / "peft", "prefixlab", tmp_path / "back", str(saved_model))
+    back = load_prefix(tmp_path / "back", model.geometry, expected_model=str(saved_model))
+    ids = torch.randint(5, 1000, (1, 6))
+    with torch.no_grad():
+        assert torch.allclose(model(ids, torch.ones_like(ids), prefix=activations).logits,
+                              model(ids, torch.ones_like(ids), prefix=back.activations).logits, atol=1e-6)
+
+
+def test_infix_export_is_used_as_an_infix(tmp_path, saved_model):
+    import dataclasses
+
+    from prefixlab.engine.injection import PrefixActivations
+
+    model = PrefixedCausalLM(load_lm(str(saved_model)))
+    activations = FlatPrefix(model.geometry, 3, init_std=2.0)().detached()
+    save_prefix(tmp_path / "infix", ExportedPrefix(activations, model.geometry, str(saved_model), 3, "infix", {"placement": "infix"}))
+    result = _cli(["--model", str(saved_model), "--prefix", f"i={tmp_path / 'infix'}", "--max-new-tokens", "4"], "The match ended")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer = load_tokenizer(str(saved_model))
+    ids = torch.tensor([tokenizer("The match ended", add_special_tokens=False)["input_ids"]])
+    visible = torch.tensor([ids.shape[1] - 1])
+    infix = PrefixActivations({n: dataclasses.replace(p, visible_from=visible) for n, p in activations.sites.items()})
+    alone = model.generate(ids, torch.ones_like(ids), prefix=infix, max_new_tokens=4, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    assert json.loads(result.stdout)["output"] == tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -8,6 +8,8 @@ cross-field rules, again before any model or data is touched.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -92,6 +94,9 @@ class TrainerConfig:
     log_every_n_steps: int = 5
     enable_progress_bar: bool = True
     deterministic: bool = False
+    checkpoint_every_n_steps: Optional[int] = field(
+        default=None, metadata={"help": "write checkpoints/last.ckpt every N optimizer steps (None: min(50, max_steps))"}
+    )
 
 
 @dataclass
@@ -117,10 +122,20 @@ class TrainConfig:
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
     optimized_metric: str = field(default="test/rougeL", metadata={"help": "the value train() returns (for sweeps)"})
     run_name: str = "${task.name}-${method.name}-L${method.prefix_length}"
+    resume: Optional[str] = field(
+        default=None,
+        metadata={"help": "null: start fresh | auto: continue from <run dir>/checkpoints/last.ckpt if it exists | a .ckpt path"},
+    )
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")  # Lightning's names and aliases
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -163,15 +178,47 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg.task, key)
         _require(value is None or value >= 1, f"task.{key}", value, "must be >= 1, or null for the whole split")
     _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
+    _require(len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas), "optim.betas",
+             cfg.optim.betas, "two values, each in [0, 1)")
+    # AdamW's first update is lr / (1 - beta1): beyond float32 it fails inside torch with an overflow error.
+    beta1 = cfg.optim.betas[0] if cfg.optim.betas else 0.0
+    _require(math.isfinite(cfg.optim.lr) and cfg.optim.lr / (1.0 - beta1) < FLOAT32_MAX, "optim.lr", cfg.optim.lr,
+             f"must be below {FLOAT32_MAX * (1.0 - beta1):.3g} (lr / (1 - beta1) must fit in float32)")
     _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "must be >= 0")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", cfg.optim.warmup_steps, "must be >= 0")
     _require(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps, "must be >= 1")
+    _require(
+        cfg.trainer.checkpoint_every_n_steps is None or cfg.trainer.checkpoint_every_n_steps >= 1,
+        "trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps, "must be >= 1, or null for min(50, max_steps)",
+    )
+    _require(cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
+             cfg.trainer.accumulate_grad_batches, "must be >= 1")
+    _require(math.isfinite(cfg.trainer.gradient_clip_val) and cfg.trainer.gradient_clip_val >= 0,
+             "trainer.gradient_clip_val", cfg.trainer.gradient_clip_val, "must be >= 0 (0: no clipping)")
+    _require(cfg.trainer.log_every_n_steps >= 1, "trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, "must be >= 1")
+    _require(cfg.trainer.accelerator in ACCELERATORS, "trainer.accelerator", cfg.trainer.accelerator,
+             f"one of {', '.join(ACCELERATORS)}")
+    _require(str(cfg.trainer.precision) in PRECISIONS, "trainer.precision", cfg.trainer.precision,
+             f"one of {', '.join(PRECISIONS)}")
+    _require(bool(re.fullmatch(r"auto|-1|[1-9][0-9]*|[0-9]+(,[0-9]+)+,?|[0-9]+,", str(cfg.trainer.devices))), "trainer.devices",
+             cfg.trainer.devices, "auto, -1 (all), a device count >= 1, or a list of device ids such as 0,1")
+    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32) (Lightning replaces other seeds with a random one)")
     _require(
         cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval >= 1,
         "trainer.val_check_interval", cfg.trainer.val_check_interval, "must be >= 1 or null",
     )
     _require(cfg.generation.max_new_tokens >= 1, "generation.max_new_tokens", cfg.generation.max_new_tokens, "must be >= 1")
     _require(cfg.generation.num_beams >= 1, "generation.num_beams", cfg.generation.num_beams, "must be >= 1")
+    _require(math.isfinite(cfg.generation.length_penalty), "generation.length_penalty", cfg.generation.length_penalty,
+             "must be a finite number (> 0 favours longer beams, < 0 shorter)")
+    _require(cfg.generation.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size",
+             cfg.generation.no_repeat_ngram_size, "must be >= 0 (0: off)")
     _require(cfg.logger.kind in LOGGERS, "logger.kind", cfg.logger.kind, f"one of {', '.join(LOGGERS)}")
+    _require(cfg.logger.mode in (None, "online", "offline", "disabled"), "logger.mode", cfg.logger.mode,
+             "online | offline | disabled | null")
+    _require(cfg.method.init_std > 0 and math.isfinite(cfg.method.init_std), "method.init_std", cfg.method.init_std, "must be > 0")
+    _require(cfg.method.lora_alpha > 0, "method.lora_alpha", cfg.method.lora_alpha, "must be > 0")
+    _require(cfg.resume is None or bool(str(cfg.resume).strip()), "resume", cfg.resume,
+             "null, auto, or the path of a .ckpt file")
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype, "float32 | bfloat16 | float16")
     _require(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", cfg.model.attn_implementation, "sdpa | eager")

@@ -6,8 +6,9 @@ from .engine.export import PrefixFormatError
 from .engine.families import UnsupportedModelError
 from .methods import MethodNotSupportedError
 from .model_loading import ModelNotFoundError
+from .resume import CheckpointError
 from .runs import OutputDirError
 from .tasks import DataError
 
 USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError,
-               MethodNotSupportedError)
+               MethodNotSupportedError, CheckpointError)

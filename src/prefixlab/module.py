@@ -72,8 +72,8 @@ class PrefixTuningModule(pl.LightningModule):
         lm_params = sum(p.numel() for n, p in self.prefixed.lm.named_parameters() if not _is_adapter(n))
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         if self.is_prefix_method:
-            geometry = self.prefixed.prefix_encoder().sites
-            exported = sum(p.keys.numel() + p.values.numel() for p in geometry.values())
+            sites = self.prefixed.prefix_encoder().sites
+            exported = sum(p.keys.numel() + p.values.numel() for p in sites.values())
         else:
             exported = trainable
         return {

@@ -4,14 +4,17 @@ and the run's result files. Plain functions over typed configs; no Hydra here.""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .artifacts import atomic_write_json, atomic_write_jsonl
+from .artifacts import atomic_write, atomic_write_json, atomic_write_jsonl
 from .config import LoggerConfig, TrainerConfig
 
 
@@ -27,6 +30,43 @@ def check_writable(run_dir: Path) -> None:
             pass
     except OSError as error:
         raise OutputDirError(f"run directory {run_dir} is not writable ({error.strerror}); fix its permissions or free disk space") from error
+
+
+def check_run_dir_creatable(run_dir: Path) -> None:
+    """Fail with one line if ``run_dir`` cannot be created: Hydra creates it before any of our
+    code runs and would answer a parent that is a file, or a read-only one, with a traceback."""
+    existing = Path(os.path.abspath(run_dir))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirError(f"run directory {run_dir} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(f"run directory {run_dir} cannot be created: {existing} is not writable")
+
+
+def check_free_space(run_dir: Path, needed_bytes: int) -> None:
+    """Fail before training if the disk cannot take the checkpoints and exports of this run."""
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise OutputDirError(
+            f"run directory {run_dir} has {free / 2**20:,.0f} MiB free; this run's checkpoint and export need "
+            f"about {needed_bytes / 2**20:,.0f} MiB: free disk space or choose another hydra.run.dir"
+        )
+
+
+def storage_needed(counts: dict[str, Any]) -> int:
+    """Bytes a run may write: the checkpoint (trainable parameters + two AdamW moments, float32)
+    twice (an atomic save holds the old and the new file at once), the export, and 16 MiB of logs."""
+    return 4 * (2 * 3 * counts["trainable_params"] + counts["exported_params"]) + 16 * 2**20
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file next to the target, then are renamed over it, so a run
+    killed while saving keeps its previous ``last.ckpt`` whole. (Lightning's own save goes
+    through fsspec, which stages the file in the system temp folder and copies it into place.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def wandb_mode(config: LoggerConfig) -> str:
@@ -66,12 +106,13 @@ def finish_logger(logger) -> None:
         wandb.finish()
 
 
-def build_trainer(config: TrainerConfig, logger, run_dir: Path) -> pl.Trainer:
+def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         save_last=True,
         save_top_k=0,
-        every_n_train_steps=max(1, min(50, config.max_steps)),
+        every_n_train_steps=config.checkpoint_every_n_steps or max(1, min(50, config.max_steps)),
+        enable_version_counter=False,  # always last.ckpt, also when resuming from another folder's checkpoint
     )
     return pl.Trainer(
         default_root_dir=str(run_dir),
@@ -89,7 +130,8 @@ def build_trainer(config: TrainerConfig, logger, run_dir: Path) -> pl.Trainer:
         enable_progress_bar=config.enable_progress_bar,
         deterministic=config.deterministic,
         logger=logger,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *callbacks],
+        plugins=[AtomicCheckpointIO()],
     )
 
 

@@ -102,3 +102,17 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert result.returncode == 0
     assert "name_or_path: embedded:smollm2-135m-instruct" in result.stdout
     assert "prefix_length: 10" in result.stdout
+
+
+def test_wandb_logger_runs_offline_without_a_key_and_finishes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update({"HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"})
+    result = subprocess.run(
+        [sys.executable, "-m", "prefixlab.train", *TINY_CLI, "trainer.max_steps=1", "eval_zero_shot=false", "logger=wandb"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs").glob("*/*"))
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, "one offline W&B run per job"
+    assert list(offline_runs[0].glob("*.wandb")), "the run's data file is written"

@@ -130,6 +130,9 @@ class _PrefixSlot:
 
     def __init__(self) -> None:
         self.active: PrefixActivations | None = None
+        # Every layer of one forward gets the same mask object: widen it once, not once per layer.
+        # Per site: (incoming mask, SitePrefix, shape key, widened mask).
+        self.mask_memo: dict[str, tuple] = {}
 
 
 class _ReplayPrefix:
@@ -252,20 +255,29 @@ def _make_prefixed_attention(base: str):
         value = torch.cat([prefix_values.to(value.dtype), value], dim=2)
         is_causal = kwargs.pop("is_causal", None)
         causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-            attention_mask = attention_mask[:, None, None, :].to(torch.bool)  # padding mask [b, k]
-        attention_mask = _prepend_to_mask(
-            attention_mask,
-            prefix_mask,
-            prefix_keys.shape[2],
-            batch_size,
-            query_len,
-            key_len,
-            causal,
-            key.device,
-            float_dtype=query.dtype if base == "eager" else None,
-            visible_from=site_prefix.visible_from_for(batch_size),
-        )
+        slot, site = binding[0], binding[1]
+        shape_key = (batch_size, query_len, key_len, causal, base, query.dtype)
+        memo = slot.mask_memo.get(site)
+        if memo is not None and memo[0] is attention_mask and memo[1] is site_prefix and memo[2] == shape_key:
+            widened = memo[3]
+        else:
+            incoming = attention_mask
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+                attention_mask = attention_mask[:, None, None, :].to(torch.bool)  # padding mask [b, k]
+            widened = _prepend_to_mask(
+                attention_mask,
+                prefix_mask,
+                prefix_keys.shape[2],
+                batch_size,
+                query_len,
+                key_len,
+                causal,
+                key.device,
+                float_dtype=query.dtype if base == "eager" else None,
+                visible_from=site_prefix.visible_from_for(batch_size),
+            )
+            slot.mask_memo[site] = (incoming, site_prefix, shape_key, widened)
+        attention_mask = widened
         position_bias = kwargs.get("position_bias")
         if position_bias is not None:  # T5: relative position bias has no meaning for prefix slots
             pad = position_bias.new_zeros(*position_bias.shape[:-1], prefix_keys.shape[2])
@@ -336,6 +348,7 @@ class PrefixInjector:
             yield
         finally:
             self._slot.active = previous
+            self._slot.mask_memo.clear()
 
     def detach(self) -> None:
         """Restore the model exactly as it was before attaching."""

@@ -1,0 +1,191 @@
+"""Resuming a run: which checkpoint, is it usable, and where in the data the run was.
+
+A resumed run equals an uninterrupted one (bit-identical on CPU, tested) because everything
+that decides the next step comes back: the trainable parameters, AdamW and scheduler state
+(Lightning), the step counters (Lightning's loop state), and the position in the training
+data (``ResumableBatchSampler``: the order of an epoch is a pure function of seed and epoch,
+and the batches an interrupted epoch already consumed are skipped).
+
+Checkpoints are written atomically (``runs.AtomicCheckpointIO``), so a run killed while saving
+keeps its previous ``last.ckpt``; ``read_checkpoint`` turns a truncated file, a foreign one,
+or one from another method or model into one ``CheckpointError`` before training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .datamodule import TaskDataModule
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+_LM_PREFIX = "prefixed.lm."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint to resume from is missing, unreadable, or made by another run setup."""
+
+
+# ---- which checkpoint ----------------------------------------------------------------------
+def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """``resume``: None (start fresh), ``auto`` (``<run_dir>/checkpoints/last.ckpt`` if it
+    exists, else start fresh with a message), or the path of a checkpoint (must exist)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = Path(run_dir) / LAST_CHECKPOINT
+        if path.is_file():
+            return path
+        print(f"resume=auto: no checkpoint at {path}, starting fresh")
+        return None
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"resume={resume!r}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume!r} is a folder; give the .ckpt file (e.g. {path / 'last.ckpt'})")
+    return path
+
+
+# ---- is it usable ------------------------------------------------------------------------
+# Keys of the module's hyperparameters that must match for the trainable state to fit.
+_MUST_MATCH = {
+    "model": ("name_or_path", "random_init", "config_overrides"),
+    "method": ("name", "prefix_length", "prefix_sites", "mid_dim", "mlp_layers", "k", "lora_r", "target_modules"),
+}
+
+
+def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> dict[str, Any]:
+    """Load ``path`` and check that it is a prefixlab training checkpoint for this model, method
+    and task. Returns {"global_step", "shapes": {name: shape of each saved trainable tensor}}.
+    Raises CheckpointError naming the file and what is wrong."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the run that wrote it was killed while saving")
+    try:
+        # weights_only: a checkpoint is data; never run code from a file found on disk
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {reason[:200]}); "
+            "it is truncated or corrupted: resume from another checkpoint or start fresh (resume=null)"
+        ) from error
+    missing = [k for k in ("state_dict", "hyper_parameters", "global_step", "loops", "optimizer_states")
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a prefixlab training checkpoint (it lacks {', '.join(missing)})")
+    saved = checkpoint["hyper_parameters"]
+    current = {"model": model, "method": method}
+    for group, keys in _MUST_MATCH.items():
+        for key in keys:
+            was, now = saved.get(group, {}).get(key), current[group].get(key)
+            if was != now:
+                raise CheckpointError(
+                    f"checkpoint {path} was made with {group}.{key}={was!r}, this run has {group}.{key}={now!r}; "
+                    "resume with the same model and method, or start fresh (resume=null)"
+                )
+    if saved.get("task_name") != task_name:
+        raise CheckpointError(f"checkpoint {path} was made for task {saved.get('task_name')!r}, this run is {task_name!r}")
+    shapes = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
+    return {"global_step": int(checkpoint["global_step"]), "shapes": shapes}
+
+
+def check_trainable_state(path: Path, saved_shapes: dict[str, tuple], module: torch.nn.Module) -> None:
+    """The checkpoint holds exactly the module's trainable tensors, with the same shapes (what
+    ``on_save_checkpoint`` keeps), so loading it cannot fail halfway with a torch traceback."""
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    expected = {
+        name: tuple(t.shape) for name, t in module.state_dict().items() if not name.startswith(_LM_PREFIX) or name in trainable
+    }
+    absent = sorted(set(expected) - set(saved_shapes))
+    foreign = sorted(set(saved_shapes) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(saved_shapes) if expected[n] != saved_shapes[n])
+    if absent or foreign or wrong:
+        parts = []
+        if absent:
+            parts.append(f"missing {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}")
+        if foreign:
+            parts.append(f"unexpected {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}")
+        if wrong:
+            parts.append("; ".join(f"{n} is {list(saved_shapes[n])}, the model needs {list(expected[n])}" for n in wrong[:3]))
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {'; '.join(parts)}")
+
+
+# ---- where in the data -------------------------------------------------------------------
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of a shuffled epoch; the order is a pure function of (seed, epoch).
+
+    It is the order the stock ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    produces (a test checks it), so results do not change: that loader's generator draws one
+    int64 (the loader's base seed) and then one permutation per epoch. Lightning calls
+    ``set_epoch``; ``resume_at`` skips the batches an interrupted epoch already trained on.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.epoch = 0
+        self.consumed = 0  # batches of the current epoch handed out so far
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        self._resume = (epoch, consumed)
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            permutation = torch.randperm(self.num_examples, generator=generator)
+        return permutation.tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
+        order = self.order(self.epoch)
+        batches = [order[i : i + self.batch_size] for i in range(0, self.num_examples, self.batch_size)]
+        self.consumed = skip
+        for batch in batches[skip:]:
+            # counted before yielding: a checkpoint saved while this batch trains counts it as consumed
+            self.consumed += 1
+            yield batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in the checkpoint (its ``state_dict`` and
+    ``load_state_dict`` make it "stateful" for the fit loop). Single process: with worker
+    processes the sampler runs ahead of training and the count would include prefetched batches."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, collate_fn) -> None:
+        super().__init__(
+            dataset,
+            batch_sampler=ResumableBatchSampler(len(dataset), batch_size, seed),
+            collate_fn=collate_fn,
+            generator=torch.Generator(),  # keeps the loader's base-seed draws off the global RNG
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "consumed": self.batch_sampler.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(int(state["epoch"]), int(state["consumed"]))
+
+
+class ResumableDataModule(TaskDataModule):
+    """``TaskDataModule`` with a training order that resumes mid-epoch (same batches, same order)."""
+
+    def train_dataloader(self) -> DataLoader:
+        stock = super().train_dataloader()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return stock  # Lightning shards the stock loader with a DistributedSampler
+        return ResumableDataLoader(stock.dataset, stock.batch_size, self.hparams.seed, stock.collate_fn)

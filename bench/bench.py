@@ -13,7 +13,6 @@ bench/results.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -26,7 +25,6 @@ from pathlib import Path
 import psutil
 import torch
 
-from prefixlab.engine.injection import PrefixActivations
 from prefixlab.engine.mixing import stack_prefixes
 from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM

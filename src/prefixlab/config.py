@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from .methods import MLP_METHODS, METHODS, PEFT_METHODS, PREFIX_METHODS
+from .methods import MLP_METHODS, METHODS, PREFIX_METHODS
 from .model_loading import SMOLLM2
 
 LOGGERS = ("csv", "wandb")

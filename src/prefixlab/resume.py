@@ -3,7 +3,7 @@
 A resumed run equals an uninterrupted one (bit-identical on CPU, tested) because everything
 that decides the next step comes back: the trainable parameters, AdamW and scheduler state
 (Lightning), the step counters (Lightning's loop state), and the position in the training
-data (``ResumableBatchSampler``: the order of an epoch is a pure function of seed and epoch,
+data (``ResumableSampler``: the order of an epoch is a pure function of seed and epoch,
 and the batches an interrupted epoch already consumed are skipped).
 
 Checkpoints are written atomically (``runs.AtomicCheckpointIO``), so a run killed while saving
@@ -13,7 +13,6 @@ or one from another method or model into one ``CheckpointError`` before training
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -116,19 +115,19 @@ def check_trainable_state(path: Path, saved_shapes: dict[str, tuple], module: to
 
 
 # ---- where in the data -------------------------------------------------------------------
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches of a shuffled epoch; the order is a pure function of (seed, epoch).
+class ResumableSampler(Sampler[int]):
+    """The shuffled order of an epoch, a pure function of (seed, epoch).
 
     It is the order the stock ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    produces (a test checks it), so results do not change: that loader's generator draws one
-    int64 (the loader's base seed) and then one permutation per epoch. Lightning calls
-    ``set_epoch``; ``resume_at`` skips the batches an interrupted epoch already trained on.
+    produces (a test checks it through Lightning), so results do not change: that loader's
+    generator draws one int64 (the loader's base seed) and then one permutation per epoch.
+    Lightning calls ``set_epoch``; ``resume_at`` skips what an interrupted epoch already consumed.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
-        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+    def __init__(self, num_examples: int, seed: int) -> None:
+        self.num_examples, self.seed = num_examples, seed
         self.epoch = 0
-        self.consumed = 0  # batches of the current epoch handed out so far
+        self.consumed = 0  # examples of the current epoch handed out so far
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -145,40 +144,37 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return permutation.tolist()
 
     def __len__(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
+        return self.num_examples
 
-    def __iter__(self) -> Iterator[list[int]]:
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            skip = self._resume[1]
+    def __iter__(self) -> Iterator[int]:
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
         self._resume = None
-        order = self.order(self.epoch)
-        batches = [order[i : i + self.batch_size] for i in range(0, self.num_examples, self.batch_size)]
         self.consumed = skip
-        for batch in batches[skip:]:
-            # counted before yielding: a checkpoint saved while this batch trains counts it as consumed
+        for index in self.order(self.epoch)[skip:]:
+            # counted before it is handed out: a checkpoint saved while its batch trains counts it
             self.consumed += 1
-            yield batch
+            yield index
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in the checkpoint (its ``state_dict`` and
-    ``load_state_dict`` make it "stateful" for the fit loop). Single process: with worker
-    processes the sampler runs ahead of training and the count would include prefetched batches."""
+    """A DataLoader whose position Lightning saves in the checkpoint (``state_dict`` and
+    ``load_state_dict`` make it "stateful" for the fit loop). Single process only: worker
+    processes would run the sampler ahead of training."""
 
     def __init__(self, dataset, batch_size: int, seed: int, collate_fn) -> None:
         super().__init__(
             dataset,
-            batch_sampler=ResumableBatchSampler(len(dataset), batch_size, seed),
+            batch_size=batch_size,
+            sampler=ResumableSampler(len(dataset), seed),
             collate_fn=collate_fn,
             generator=torch.Generator(),  # keeps the loader's base-seed draws off the global RNG
         )
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.batch_sampler.epoch, "consumed": self.batch_sampler.consumed}
+        return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batch_sampler.resume_at(int(state["epoch"]), int(state["consumed"]))
+        self.sampler.resume_at(int(state["epoch"]), int(state["consumed"]))
 
 
 class ResumableDataModule(TaskDataModule):

@@ -3,7 +3,6 @@
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 from hydra.errors import ConfigCompositionException
 
 from prefixlab.config import ConfigError, TrainConfig, register_configs, validate

@@ -66,7 +66,6 @@ def test_finetune_topk_trains_exactly_the_top_layers():
 def test_lora_export_loads_in_peft_with_equal_logits(tmp_path):
     from peft import PeftModel
 
-    from prefixlab.model_loading import load_lm
 
     torch.manual_seed(0)
     module = _module("lora")

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from ..artifacts import atomic_replace_dir
 from .geometry import PrefixGeometry

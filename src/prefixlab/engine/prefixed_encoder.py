@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .injection import PrefixActivations, PrefixInjector
-from .prefixed_lm import PrefixedCausalLM
+from .prefixed_model import USE_ENCODER, PrefixedModel
 
 #: Attribute names of the task heads of ``AutoModelForSequenceClassification`` /
 #: ``AutoModelForQuestionAnswering`` in the supported families (DistilBERT has two).
@@ -31,7 +30,7 @@ def trainable_head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-class PrefixedEncoder(nn.Module):
+class PrefixedEncoder(PrefixedModel):
     """``encoder_model`` (sequence classification or QA) with an optional trainable ``prefix_encoder``
     that returns ``PrefixActivations`` with an ``encoder_self`` site
     (keys/values [layers, 1 or batch, heads, prefix_len, head_dim]).
@@ -40,26 +39,13 @@ class PrefixedEncoder(nn.Module):
     ``PrefixActivations``.
     """
 
-    _USE_ENCODER = PrefixedCausalLM._USE_ENCODER  # the same sentinel for every wrapper
+    MODEL_ATTRIBUTE = "model"
 
-    def __init__(self, encoder_model: nn.Module, prefix_encoder: nn.Module | None = None) -> None:
-        super().__init__()
-        self.model = encoder_model
-        self.injector = PrefixInjector(encoder_model)
-        if self.injector.adapter.is_encoder_decoder:
-            model_type = encoder_model.config.model_type
-            self.injector.detach()
-            raise ValueError(f"PrefixedEncoder needs an encoder-only model; {model_type!r} is an encoder-decoder")
-        self.prefix_encoder = prefix_encoder
-
-    @property
-    def geometry(self):
-        return self.injector.geometry
-
-    def _resolve(self, prefix) -> PrefixActivations | None:
-        if prefix is self._USE_ENCODER:
-            return None if self.prefix_encoder is None else self.prefix_encoder()
-        return prefix
+    @staticmethod
+    def _unsuitable(adapter, model_type: str) -> str | None:
+        if not adapter.is_encoder_only:
+            return f"PrefixedEncoder needs an encoder-only model; {model_type!r} is not one"
+        return None
 
     def forward(
         self,
@@ -69,7 +55,7 @@ class PrefixedEncoder(nn.Module):
         labels: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
-        prefix=_USE_ENCODER,
+        prefix=USE_ENCODER,
         **model_kwargs,
     ):
         """input_ids, attention_mask, token_type_ids: [batch, seq].

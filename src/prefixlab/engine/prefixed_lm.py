@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .families import UnsupportedModelError
-from .injection import PrefixActivations, PrefixInjector
+from .injection import PrefixActivations
+from .prefixed_model import USE_ENCODER, PrefixedModel
 
 
 def positions_after_prefix(attention_mask: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
@@ -20,37 +19,20 @@ def positions_after_prefix(attention_mask: torch.Tensor, prefix_lengths: torch.T
     return positions + prefix_lengths.to(positions.device)[:, None]
 
 
-class PrefixedCausalLM(nn.Module):
-    """``lm`` (frozen or not, the caller decides) with an optional trainable ``prefix_encoder``.
+class PrefixedCausalLM(PrefixedModel):
+    """``lm`` (frozen or not, the caller decides) with an optional trainable ``prefix_encoder``
+    returning ``PrefixActivations`` (``prefix`` argument: see prefixed_model.py)."""
 
-    ``prefix_encoder()`` must return ``PrefixActivations``. Every call takes ``prefix``:
-    leave it out to use the encoder's, pass ``None`` for the plain LM, or pass any
-    ``PrefixActivations`` (an imported prefix, a mixed batch of prefixes).
-    """
+    MODEL_ATTRIBUTE = "lm"
 
-    _USE_ENCODER = object()
-
-    def __init__(self, lm: nn.Module, prefix_encoder: nn.Module | None = None) -> None:
-        super().__init__()
-        self.lm = lm
-        self.injector = PrefixInjector(lm)
-        if set(self.injector.geometry.sites) != {"decoder_self"}:  # BART/T5/BERT have adapters too
-            model_type = lm.config.model_type
-            self.injector.detach()
-            raise UnsupportedModelError(
+    @staticmethod
+    def _unsuitable(adapter, model_type: str) -> str | None:
+        if adapter.is_encoder_decoder or adapter.is_encoder_only:  # BART/T5/BERT have adapters too
+            return (
                 f"model type {model_type!r} is not a decoder-only LM; use PrefixedSeq2SeqLM (encoder-decoder) "
                 "or PrefixedEncoder (encoder-only) for it"
             )
-        self.prefix_encoder = prefix_encoder
-
-    @property
-    def geometry(self):
-        return self.injector.geometry
-
-    def _resolve(self, prefix) -> PrefixActivations | None:
-        if prefix is self._USE_ENCODER:
-            return None if self.prefix_encoder is None else self.prefix_encoder()
-        return prefix
+        return None
 
     def _position_ids(self, attention_mask: torch.Tensor, prefix: PrefixActivations | None) -> torch.Tensor:
         batch_size = attention_mask.shape[0]
@@ -65,7 +47,7 @@ class PrefixedCausalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
-        prefix=_USE_ENCODER,
+        prefix=USE_ENCODER,
         **lm_kwargs,
     ):
         """input_ids, attention_mask, labels: [batch, seq]. Returns the LM's output (loss, logits)."""
@@ -80,7 +62,7 @@ class PrefixedCausalLM(nn.Module):
             )
 
     def target_loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, prefix=_USE_ENCODER
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, prefix=USE_ENCODER
     ) -> torch.Tensor:
         """Mean cross-entropy over the supervised tokens (labels != -100), equal to ``forward(...).loss``.
 
@@ -99,7 +81,7 @@ class PrefixedCausalLM(nn.Module):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix=_USE_ENCODER, **generate_kwargs):
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix=USE_ENCODER, **generate_kwargs):
         """``lm.generate`` with the prefix in every attention call (prompts left-padded)."""
         prefix = self._resolve(prefix)
         if prefix is not None:

@@ -19,13 +19,11 @@ only the encoder states and every decoding step sees the prefix again.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .injection import PrefixActivations, PrefixInjector
-from .prefixed_lm import PrefixedCausalLM
+from .prefixed_model import USE_ENCODER, PrefixedModel
 
 
-class PrefixedSeq2SeqLM(nn.Module):
+class PrefixedSeq2SeqLM(PrefixedModel):
     """``lm`` (an ``AutoModelForSeq2SeqLM``; frozen or not, the caller decides) with an optional
     trainable ``prefix_encoder`` that returns ``PrefixActivations``.
 
@@ -34,29 +32,13 @@ class PrefixedSeq2SeqLM(nn.Module):
     of per-example prefixes). Site keys/values: [layers, 1 or batch, kv_heads, prefix_len, head_dim].
     """
 
-    _USE_ENCODER = PrefixedCausalLM._USE_ENCODER  # the same sentinel for every wrapper
+    MODEL_ATTRIBUTE = "lm"
 
-    def __init__(self, lm: nn.Module, prefix_encoder: nn.Module | None = None) -> None:
-        super().__init__()
-        self.lm = lm
-        self.injector = PrefixInjector(lm)
-        if not self.injector.adapter.is_encoder_decoder:
-            model_type = lm.config.model_type
-            self.injector.detach()
-            raise ValueError(
-                f"PrefixedSeq2SeqLM needs an encoder-decoder model; {model_type!r} is not one "
-                "(use PrefixedCausalLM or PrefixedEncoder)"
-            )
-        self.prefix_encoder = prefix_encoder
-
-    @property
-    def geometry(self):
-        return self.injector.geometry
-
-    def _resolve(self, prefix) -> PrefixActivations | None:
-        if prefix is self._USE_ENCODER:
-            return None if self.prefix_encoder is None else self.prefix_encoder()
-        return prefix
+    @staticmethod
+    def _unsuitable(adapter, model_type: str) -> str | None:
+        if not adapter.is_encoder_decoder:
+            return f"PrefixedSeq2SeqLM needs an encoder-decoder model; {model_type!r} is not one (use PrefixedCausalLM or PrefixedEncoder)"
+        return None
 
     def forward(
         self,
@@ -64,7 +46,7 @@ class PrefixedSeq2SeqLM(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
-        prefix=_USE_ENCODER,
+        prefix=USE_ENCODER,
         **lm_kwargs,
     ):
         """input_ids, attention_mask: [batch, src_len]; labels / decoder_input_ids: [batch, tgt_len]
@@ -84,7 +66,7 @@ class PrefixedSeq2SeqLM(nn.Module):
             )
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix=_USE_ENCODER, **generate_kwargs):
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix=USE_ENCODER, **generate_kwargs):
         """``lm.generate`` with the prefix in every attention call of the encoder pass and of every
         decoding step (beam search included: per-example prefixes follow their expanded rows).
         Returns what ``lm.generate`` returns ([batch * num_return_sequences, tgt_len] token ids)."""

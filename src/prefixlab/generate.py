@@ -76,18 +76,111 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"prefixlab-generate: error: {error}")
 
 
-def run(args: argparse.Namespace):
-    import torch
+class MixedPrefixGenerator:
+    """The Python API behind prefixlab-generate: one frozen model, named prefixes, and batches in
+    which every example uses its own prefix (different lengths included).
 
-    from .engine.export import PrefixFormatError, load_prefix
-    from .engine.injection import PrefixActivations
-    from .engine.mixing import stack_prefixes
-    from .engine.peft_format import is_peft_prefix, load_peft_prefix
-    from .engine.prefixed_lm import PrefixedCausalLM
-    from .formatting import PromptFormatter
-    from .methods import with_visibility
-    from .model_loading import load_lm, load_config, load_tokenizer
-    from .tasks import build_task
+        generator = MixedPrefixGenerator("embedded:smollm2-135m-instruct", {"news": "runs/a/prefix"})
+        generator.generate([{"prompt": "...", "prefix": "news"}, {"prompt": "...", "prefix": "none"}])
+
+    Works for decoder-only and encoder-decoder models; prefixes are prefixlab exports or PEFT
+    prefix-tuning adapters (decoder-only). ``prompt_format``: "raw", "chat", or a task name
+    (the prompt is then formatted exactly as that task did in training).
+    """
+
+    def __init__(self, model_name: str, prefix_dirs: dict[str, Path], prompt_format: str = "raw") -> None:
+        from .engine.prefixed_lm import PrefixedCausalLM
+        from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
+        from .model_loading import load_config, load_lm, load_tokenizer
+
+        config = load_config(model_name)  # a wrong model name fails before anything loads
+        self.model_name = model_name
+        self.is_encoder_decoder = bool(config.is_encoder_decoder)
+        lm = load_lm(model_name).requires_grad_(False).eval()
+        self.tokenizer = load_tokenizer(model_name)
+        self.model = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm)
+        self.prefixes, self.infixes = {}, set()
+        for name, directory in prefix_dirs.items():
+            self._load(name, Path(directory))
+        self.encode = self._encoder_for(prompt_format)
+
+    def _load(self, name: str, directory: Path) -> None:
+        from .engine.export import PrefixFormatError, load_prefix
+        from .engine.peft_format import is_peft_prefix, load_peft_prefix
+
+        geometry = self.model.geometry
+        try:
+            if is_peft_prefix(directory):
+                self.prefixes[name] = load_peft_prefix(directory, geometry)
+                return
+            exported = load_prefix(directory, expected_model=self.model_name)
+            fits = exported.geometry.model_type == geometry.model_type and all(
+                geometry.sites.get(site) == g for site, g in exported.geometry.sites.items()
+            )
+            if not fits:
+                raise PrefixFormatError(f"geometry {exported.geometry.to_dict()} does not fit {self.model_name} ({geometry.to_dict()})")
+        except PrefixFormatError as error:
+            raise PrefixFormatError(f"prefix {name}={directory}: {error}") from error
+        self.prefixes[name] = exported.activations
+        if exported.metadata.get("placement") == "infix":
+            self.infixes.add(name)
+
+    def _encoder_for(self, prompt_format: str):
+        tokenizer = self.tokenizer
+        if prompt_format == "chat":
+            return lambda text: tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        if prompt_format == "raw":
+            return lambda text: tokenizer(text, add_special_tokens=self.is_encoder_decoder)["input_ids"]
+        from .formatting import PromptFormatter
+        from .tasks import build_task
+
+        task = build_task(prompt_format)
+        formatter = PromptFormatter(tokenizer, task.instruction, task.answer_cue, is_encoder_decoder=self.is_encoder_decoder)
+        return formatter.prompt_ids
+
+    def generate(self, prompts: list[dict], max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 8, progress: bool = False):
+        """prompts: dicts with "prompt" and "prefix" (a loaded name, or None / "none" for the plain model).
+        Yields each dict with "output" added, in order."""
+        import torch
+        from tqdm import tqdm
+
+        from .engine.injection import PrefixActivations
+        from .engine.mixing import stack_prefixes
+        from .methods import with_visibility
+
+        unknown = sorted({str(r.get("prefix")) for r in prompts if r.get("prefix") not in (*self.prefixes, None, NO_PREFIX)})
+        if unknown:
+            raise ValueError(f"prompts name prefixes {unknown} that were not loaded; loaded: {sorted(self.prefixes)}")
+        tokenizer = self.tokenizer
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generating", file=sys.stderr, disable=not progress):
+            rows = prompts[start : start + batch_size]
+            encoded = [list(self.encode(r["prompt"])) for r in rows]
+            width = max(len(e) for e in encoded)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, e in enumerate(encoded):
+                # decoder-only prompts end together (left padding); encoders keep positions from 0 (right)
+                span = slice(0, len(e)) if self.is_encoder_decoder else slice(width - len(e), width)
+                ids[i, span] = torch.tensor(e)
+                mask[i, span] = 1
+            batch_prefix = stack_prefixes([self.prefixes.get(r.get("prefix"), PrefixActivations({})) for r in rows])
+            if self.infixes:
+                visible_from = torch.tensor([width - 1 if r.get("prefix") in self.infixes else 0 for r in rows])
+                batch_prefix = with_visibility(batch_prefix, visible_from)
+            output = self.model.generate(
+                ids, mask, prefix=batch_prefix, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output if self.is_encoder_decoder else output[:, width:]
+            for row, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                yield {**row, "output": text.strip()}
+
+
+def run(args: argparse.Namespace):
+    from .engine.peft_format import is_peft_prefix
 
     prefix_dirs = _named_prefix_dirs(args.prefix)
     model_name = args.model
@@ -96,68 +189,10 @@ def run(args: argparse.Namespace):
         if first is None or is_peft_prefix(first):
             raise ValueError("give --model (the base model) when no prefixlab prefix names it")
         model_name = json.loads((first / "prefix_config.json").read_text())["base_model"]
-    load_config(model_name)  # a wrong model name fails before anything loads
     prompts = _read_prompts(args.input, next(iter(prefix_dirs), None))
-    unknown = sorted({r["prefix"] for r in prompts if r["prefix"] not in (*prefix_dirs, None, NO_PREFIX)})
-    if unknown:
-        raise ValueError(f"prompts name prefixes {unknown} that no --prefix gives; given: {sorted(prefix_dirs)}")
-
-    lm = load_lm(model_name)
-    lm.requires_grad_(False)
-    tokenizer = load_tokenizer(model_name)
-    model = PrefixedCausalLM(lm.eval())
-    prefixes: dict[str, PrefixActivations] = {}
-    infixes: set[str] = set()  # seen from the last prompt token on, not by the prompt
-    for name, directory in prefix_dirs.items():
-        if is_peft_prefix(directory):
-            prefixes[name] = load_peft_prefix(directory, model.geometry)
-            continue
-        try:
-            exported = load_prefix(directory, expected_model=model_name)
-            model_sites = {s: model.geometry.sites.get(s) for s in exported.geometry.sites}
-            if exported.geometry.model_type != model.geometry.model_type or model_sites != exported.geometry.sites:
-                raise PrefixFormatError(
-                    f"geometry {exported.geometry.to_dict()} does not fit {model_name} ({model.geometry.to_dict()})"
-                )
-        except PrefixFormatError as error:
-            raise PrefixFormatError(f"--prefix {name}={directory}: {error}") from error
-        prefixes[name] = exported.activations
-        if exported.metadata.get("placement") == "infix":
-            infixes.add(name)
-
-    if args.task:
-        task = build_task(args.task)
-        formatter = PromptFormatter(tokenizer, task.instruction, task.answer_cue)
-        encode = formatter.prompt_ids
-    elif args.chat:
-        encode = lambda text: tokenizer.apply_chat_template(  # noqa: E731
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    else:
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-
-    from tqdm import tqdm
-
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", file=sys.stderr, disable=len(prompts) <= args.batch_size):
-        rows = prompts[start : start + args.batch_size]
-        encoded = [list(encode(r["prompt"])) for r in rows]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):
-            ids[i, width - len(e):] = torch.tensor(e)
-            mask[i, width - len(e):] = 1
-        batch_prefix = stack_prefixes([prefixes.get(r["prefix"], PrefixActivations({})) for r in rows])
-        if infixes:
-            visible_from = torch.tensor([width - 1 if r["prefix"] in infixes else 0 for r in rows])
-            batch_prefix = with_visibility(batch_prefix, visible_from)
-        output = model.generate(
-            ids, mask, prefix=batch_prefix, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        for row, text in zip(rows, texts):
-            yield {**row, "output": text.strip()}
+    prompt_format = args.task or ("chat" if args.chat else "raw")
+    generator = MixedPrefixGenerator(model_name, prefix_dirs, prompt_format)
+    yield from generator.generate(prompts, args.max_new_tokens, args.num_beams, args.batch_size, progress=len(prompts) > args.batch_size)
 
 
 if __name__ == "__main__":

@@ -119,13 +119,15 @@ class ResumableSampler(Sampler[int]):
     """The shuffled order of an epoch, a pure function of (seed, epoch).
 
     It is the order the stock ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    produces (a test checks it through Lightning), so results do not change: that loader's
-    generator draws one int64 (the loader's base seed) and then one permutation per epoch.
+    gives under Lightning (a test checks it over several epochs), so results did not change:
+    per epoch that loader's generator draws one int64 (the loader's base seed) and one
+    permutation, and a second, unused permutation when the epoch ends on a short batch (the
+    batch sampler then runs the sampler to its end, which draws the next permutation).
     Lightning calls ``set_epoch``; ``resume_at`` skips what an interrupted epoch already consumed.
     """
 
-    def __init__(self, num_examples: int, seed: int) -> None:
-        self.num_examples, self.seed = num_examples, seed
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
         self.epoch = 0
         self.consumed = 0  # examples of the current epoch handed out so far
         self._resume: tuple[int, int] | None = None
@@ -138,10 +140,13 @@ class ResumableSampler(Sampler[int]):
 
     def order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed)
-        for _ in range(epoch + 1):
+        for _ in range(epoch):
             torch.empty((), dtype=torch.int64).random_(generator=generator)
-            permutation = torch.randperm(self.num_examples, generator=generator)
-        return permutation.tolist()
+            torch.randperm(self.num_examples, generator=generator)
+            if self.num_examples % self.batch_size:
+                torch.randperm(self.num_examples, generator=generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
 
     def __len__(self) -> int:
         return self.num_examples
@@ -165,7 +170,7 @@ class ResumableDataLoader(DataLoader):
         super().__init__(
             dataset,
             batch_size=batch_size,
-            sampler=ResumableSampler(len(dataset), seed),
+            sampler=ResumableSampler(len(dataset), batch_size, seed),
             collate_fn=collate_fn,
             generator=torch.Generator(),  # keeps the loader's base-seed draws off the global RNG
         )

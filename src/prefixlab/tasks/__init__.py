@@ -1,17 +1,44 @@
-"""Task registry: a task is one module here plus one file in ``conf/task/``."""
+"""Task registry: a task is one module here plus one file in ``conf/task/``.
+
+``build_task(name, **options)``: the options are the task-specific fields of TaskConfig
+(``data_dir``, ``split_seed``, local files and columns); None means "the task's default",
+and an option a task does not take is an error naming it.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 from .base import DataError, Example, GenerationTask
-from .bbc_news import BBCHeadline
+from .bbc_news import BBCHeadline, BBCTopic
+from .country_qa import CountryQA
+from .local_files import LocalFiles
+from .table_to_text import DART, E2E
 
-TASKS: dict[str, type] = {BBCHeadline.name: BBCHeadline}
+TASKS: dict[str, type] = {t.name: t for t in (BBCHeadline, BBCTopic, E2E, DART, CountryQA, LocalFiles)}
+
+# TaskConfig fields passed to the task's constructor (the rest configure the datamodule).
+TASK_OPTIONS = ("data_dir", "split_seed", "train_file", "validation_file", "test_file", "source_column",
+                "target_column", "file_format", "instruction")
 
 
-def build_task(name: str) -> GenerationTask:
+def task_options(task_config) -> dict:
+    """The task-specific options of a TaskConfig (or any object with those attributes) as a dict."""
+    return {key: getattr(task_config, key, None) for key in TASK_OPTIONS}
+
+
+def build_task(name: str, **options) -> GenerationTask:
     if name not in TASKS:
         raise DataError(f"task.name={name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
+    given = {key: value for key, value in options.items() if value is not None}
+    accepted = set(inspect.signature(TASKS[name].__init__).parameters) - {"self"}
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise DataError(
+            f"task.{unknown[0]}={given[unknown[0]]!r} does not apply to task {name!r}"
+            f" (it takes: {', '.join(sorted(accepted)) or 'no options'})"
+        )
+    return TASKS[name](**given)
 
 
-__all__ = ["TASKS", "DataError", "Example", "GenerationTask", "build_task"]
+__all__ = ["TASKS", "TASK_OPTIONS", "DataError", "Example", "GenerationTask", "build_task", "task_options"]

@@ -12,7 +12,7 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from ..scoring import rouge
+from ..scoring import classification, rouge
 from .base import DataError, Example, SPLITS
 
 def bbc_data_dir() -> Path:
@@ -70,3 +70,39 @@ class BBCHeadline:
             for a in load_articles()
             if split_of(a["key"]) == split
         ]
+
+
+TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+
+
+class BBCTopic:
+    """Topic classification, generative: the LM writes the topic name (one of ``TOPICS``), scored by
+    exact match after SQuAD normalization (accuracy, macro-F1 over the five topics). Same articles
+    and same split as ``bbc_headline``; the source is the headline and the body."""
+
+    name = "bbc_topic"
+    instruction = "Which topic is this BBC news article about? Answer with one word: " + ", ".join(TOPICS) + "."
+    answer_cue = "Topic:"
+    metric_names = ("accuracy", "macro_f1")
+    labels = TOPICS
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = None if data_dir is None else Path(data_dir).expanduser()
+
+    @staticmethod
+    def score(predictions: list[str], references: list[tuple[str, ...]]) -> dict[str, float]:
+        return classification(predictions, references, TOPICS)
+
+    def load_split(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        data_dir = self.data_dir or bbc_data_dir()
+        examples = []
+        for a in load_articles(self.data_dir):  # None: the embedded corpus, cached once for both BBC tasks
+            if a["topic"] not in TOPICS:
+                raise DataError(
+                    f"{data_dir / a['key']}.txt: topic folder {a['topic']!r} is not one of the labels {', '.join(TOPICS)}"
+                )
+            if split_of(a["key"]) == split:
+                examples.append(Example(a["key"], f"{a['headline']}\n{a['body']}", a["topic"], (a["topic"],)))
+        return examples

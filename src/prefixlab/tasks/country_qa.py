@@ -1,0 +1,75 @@
+"""Closed-book country questions generated from the PyPI package ``countryinfo`` (its ~250
+country records): capital, region, subregion, demonym, ISO currency code, calling code.
+
+Every question about one country lands in the same split (80/10/10 of countries with
+``split_seed``), so the test split asks about countries never seen in training; the
+model has to know the facts, not memorise them from training pairs. A field with several
+values (Bolivia's currencies BOB and BOV) gives several accepted references.
+Scored like SQuAD: exact match and token F1 after SQuAD's answer normalization.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..scoring import squad
+from .base import SPLITS, DataError, Example
+from .splits import split_by_key
+
+QUESTIONS = {  # countryinfo field -> question template
+    "capital": "What is the capital of {country}?",
+    "region": "In which region of the world is {country}?",
+    "subregion": "In which subregion of the world is {country}?",
+    "demonym": "What is the demonym of the people of {country}?",
+    "currencies": "What is the ISO 4217 currency code of {country}?",
+    "callingCodes": "What is the international calling code of {country}?",
+}
+
+
+def _values(raw) -> tuple[str, ...]:
+    values = raw if isinstance(raw, (list, tuple)) else [raw]
+    return tuple(dict.fromkeys(" ".join(str(v).split()) for v in values if v is not None and str(v).strip()))
+
+
+@lru_cache(maxsize=1)
+def country_questions() -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
+    """(country, field, question, answers) for every country and field that has a value."""
+    try:
+        import countryinfo
+    except ImportError as error:
+        raise DataError("the country_qa task needs the PyPI package 'countryinfo': run `make setup`") from error
+    rows = []
+    for record in countryinfo.all_countries():
+        info = record.info()
+        country = " ".join(str(info.get("name") or "").split())
+        if not country:
+            continue
+        for field, template in QUESTIONS.items():
+            answers = _values(info.get(field))
+            if answers:
+                rows.append((country, field, template.format(country=country), answers))
+    if not rows:
+        raise DataError("countryinfo returned no country records")
+    return tuple(sorted(rows))
+
+
+class CountryQA:
+    name = "country_qa"
+    instruction = "Answer the question with a short answer only."
+    answer_cue = "Answer:"
+    score = staticmethod(squad)
+    metric_names = ("exact_match", "f1")
+
+    def __init__(self, split_seed: int = 0) -> None:
+        self.split_seed = split_seed
+
+    def load_split(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        rows = country_questions()
+        assignment = split_by_key([country for country, *_ in rows], self.split_seed)
+        return [
+            Example(f"{country}/{field}", question, answers[0], answers)
+            for country, field, question, answers in rows
+            if assignment[country] == split
+        ]

@@ -11,6 +11,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# tempfile creates private files (0600) and folders (0700); artifacts get the modes a plain
+# open() or mkdir() would give them. The umask can only be read by setting it, so once, at import.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename is only durable once its folder is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic there
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, then atomically move the result to ``path``."""
     path = Path(path)
@@ -19,12 +36,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
 
 
@@ -41,21 +59,34 @@ def atomic_write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def atomic_replace_dir(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Build a folder in a temporary sibling, then swap it in place of ``target``."""
+    """Build a folder in a temporary sibling, then swap it in place of ``target``.
+
+    Two renames (a folder cannot replace a non-empty one in one step): a crash between them
+    leaves no ``target`` but the previous version whole in ``.<target>.old``, never a mix."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         fill(work)
+        for written in work.rglob("*"):
+            if written.is_file():
+                _fsync(written)
+        os.chmod(work, 0o777 & ~_UMASK)
+        _fsync(work)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
-            work.rename(target)
+            try:
+                work.rename(target)
+            except BaseException:
+                old.rename(target)  # put the previous version back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             work.rename(target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    _fsync(target.parent)
     return target

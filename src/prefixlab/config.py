@@ -64,6 +64,17 @@ class TaskConfig:
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets above"})
     batch_size: int = 8
     eval_batch_size: int = 8
+    # Task-specific options (null: the task's default); a task rejects one it does not take.
+    data_dir: Optional[str] = field(default=None, metadata={"help": "e2e/dart: folder or file of the released data (null: Hugging Face hub); bbc_topic: corpus folder"})
+    split_seed: Optional[int] = field(default=None, metadata={"help": "seed of a by-input split (e2e/dart with one file, country_qa); null: 0"})
+    train_file: Optional[str] = field(default=None, metadata={"help": "task=local: CSV or JSON-lines file of the train split"})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "task=local: file of the validation split"})
+    test_file: Optional[str] = field(default=None, metadata={"help": "task=local: file of the test split"})
+    source_column: Optional[str] = field(default=None, metadata={"help": "task=local: column of the input text (null: source)"})
+    target_column: Optional[str] = field(default=None, metadata={"help": "task=local: column of the target text (null: target)"})
+    file_format: Optional[str] = field(default=None, metadata={"help": "task=local: csv | jsonl (null: from the extension)"})
+    instruction: Optional[str] = field(default=None, metadata={"help": "task=local: the instruction the prompt starts with"})
+    primary_metric: str = field(default="rougeL", metadata={"help": "the task's headline metric (without test/), e.g. bleu, accuracy"})
 
 
 @dataclass
@@ -120,7 +131,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
-    optimized_metric: str = field(default="test/rougeL", metadata={"help": "the value train() returns (for sweeps)"})
+    optimized_metric: str = field(default="test/${task.primary_metric}", metadata={"help": "the value train() returns (for sweeps)"})
     run_name: str = "${task.name}-${method.name}-L${method.prefix_length}"
     resume: Optional[str] = field(
         default=None,

@@ -105,10 +105,11 @@ class TaskDataModule(pl.LightningDataModule):
         eval_batch_size: int = 8,
         seed: int = 42,
         is_encoder_decoder: bool = False,
+        task_options: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.task = build_task(task_name)
+        self.task = build_task(task_name, **(task_options or {}))
         self.splits: dict[str, list[EncodedExample]] = {}
         self.formatter: PromptFormatter | None = None
 

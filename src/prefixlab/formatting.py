@@ -38,7 +38,17 @@ class PromptFormatter:
         ids = self.tokenizer(source, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_source_tokens:
             return source
-        return self.tokenizer.decode(ids[: self.max_source_tokens])
+        # Cut at the token limit, then back off while the cut text is not a clean prefix: a cut
+        # inside a multi-byte character decodes to U+FFFD, and re-encoding such text can take
+        # more tokens than the limit.
+        keep = self.max_source_tokens
+        while keep > 0:
+            text = self.tokenizer.decode(ids[:keep])
+            clean = not text.endswith("\ufffd") or source.startswith(text)
+            if clean and len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) <= self.max_source_tokens:
+                return text
+            keep -= 1
+        return ""
 
     def prompt_ids(self, source: str) -> list[int]:
         source = self._truncated_source(source)

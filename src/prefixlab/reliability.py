@@ -27,14 +27,13 @@ from .runs import write_results
 
 
 class RunInterrupted(Exception):
-    """Training stopped on a signal after a checkpoint was written."""
+    """Training stopped on a signal (after writing a checkpoint, if it came during training)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
-            "(continue with resume=auto and the same hydra.run.dir)"
-        )
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where} "
+                         "(continue with resume=auto and the same hydra.run.dir)")
 
 
 class RunFailed(RuntimeError):
@@ -131,7 +130,7 @@ class LastGoodState(pl.Callback):
         if self._copies is None:
             self._copies = [p.detach().clone() for p in params]
         else:
-            for copy, p in zip(self._copies, params):
+            for copy, p in zip(self._copies, params, strict=True):
                 copy.copy_(p)
         self.step = trainer.global_step
 
@@ -140,7 +139,7 @@ class LastGoodState(pl.Callback):
         """Put the last good parameters back into ``module``; False if there are none or they are not finite."""
         if self._copies is None or not all(torch.isfinite(c).all() for c in self._copies):
             return False
-        for p, copy in zip(self._trainable(module), self._copies):
+        for p, copy in zip(self._trainable(module), self._copies, strict=True):
             p.copy_(copy)
         return True
 
@@ -158,8 +157,12 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
     result: BaseException = error
     if isinstance(error, RunInterrupted):
         metrics.update(status="interrupted", signal=signal.Signals(error.signum).name)
-    elif isinstance(error, (KeyboardInterrupt, SystemExit)):  # a signal outside the training steps
-        metrics.update(status="interrupted", signal=type(error).__name__)
+    elif isinstance(error, (KeyboardInterrupt, SystemExit)):
+        # a signal outside the training steps: Lightning raises SIGTERMException (a SystemExit
+        # without exit code, which would exit 0) or turns Ctrl-C into sys.exit(1)
+        signum = signal.SIGTERM if type(error).__name__ == "SIGTERMException" else signal.SIGINT
+        metrics.update(status="interrupted", signal=signal.Signals(signum).name)
+        result = RunInterrupted(signum, step, checkpoint if checkpoint.is_file() else None)
     else:
         metrics.update(status="failed", error=f"{type(error).__name__}: {error}")
     if isinstance(error, FloatingPointError):

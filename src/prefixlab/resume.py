@@ -13,6 +13,7 @@ or one from another method or model into one ``CheckpointError`` before training
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,6 +65,14 @@ def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> di
     path = Path(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the run that wrote it was killed while saving")
+    if zipfile.is_zipfile(path):  # torch's format: a zip whose members carry CRC32s torch.load never checks
+        try:
+            damaged = zipfile.ZipFile(path).testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            damaged = f"an unreadable zip entry ({error})"
+        if damaged:
+            raise CheckpointError(f"checkpoint {path} is corrupted: {damaged} fails its checksum; "
+                                  "resume from another checkpoint or start fresh (resume=null)")
     try:
         # weights_only: a checkpoint is data; never run code from a file found on disk
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

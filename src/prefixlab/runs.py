@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,6 +83,9 @@ def build_logger(config: LoggerConfig, run_dir: Path, run_name: str, resolved_co
     if config.kind == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
+        previous = run_dir / "csv" / "metrics.csv"
+        if previous.is_file():  # a resumed run: Lightning's CSV logger would delete the log so far
+            previous.rename(previous.with_name(f"metrics.until-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
     from pytorch_lightning.loggers import WandbLogger
 

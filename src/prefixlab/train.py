@@ -30,6 +30,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from .methods import check_method_fits_model
+    from .tasks import task_options
     from .model_loading import load_config
     from .module import PrefixTuningModule
     from .reliability import LastGoodState, StopOnSignal, record_failure
@@ -50,7 +51,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule = ResumableDataModule(
         task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
         task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-        seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder),
+        seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder), task_options=task_options(task),
     )
     module = PrefixTuningModule(
         model=resolved["model"], method=resolved["method"], optim=resolved["optim"],
@@ -70,7 +71,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     stop, last_good, trainer = StopOnSignal(run_dir / LAST_CHECKPOINT), LastGoodState(), None
     try:
         trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # checked above
         stop.stop_if_received(trainer)
         val_metrics = trainer.validate(module, datamodule=datamodule)[0]
         test_metrics = trainer.test(module, datamodule=datamodule)[0]

@@ -31,7 +31,8 @@ def build_task(name: str, **options) -> GenerationTask:
     if name not in TASKS:
         raise DataError(f"task.name={name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
     given = {key: value for key, value in options.items() if value is not None}
-    accepted = set(inspect.signature(TASKS[name].__init__).parameters) - {"self"}
+    parameters = inspect.signature(TASKS[name].__init__).parameters.values()
+    accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
     unknown = sorted(set(given) - accepted)
     if unknown:
         raise DataError(

@@ -72,7 +72,7 @@ class BBCHeadline:
         ]
 
 
-TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+TOPICS = ("business", "entertainment", "politics", "sports", "tech")  # the corpus folder names
 
 
 class BBCTopic:

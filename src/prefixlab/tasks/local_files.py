@@ -14,6 +14,7 @@ Any problem is one DataError naming the file, the split and the column or row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -65,14 +66,14 @@ class LocalFiles:
             raise DataError(f"{where}: cannot read the file: {error}") from error
         if self._format(path) == "csv":
             try:
-                reader = csv.DictReader(text.splitlines())
-                columns, rows = list(reader.fieldnames or ()), list(reader)
+                reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
+                columns = list(reader.fieldnames or ())
+                for column in (self.source_column, self.target_column):
+                    if column not in columns:
+                        raise DataError(f"{where}: no column {column!r}; the header has {columns}")
+                return [{**row, "_row": reader.line_num} for row in reader]  # the row's (last) line in the file
             except csv.Error as error:
                 raise DataError(f"{where}: not valid CSV: {error}") from error
-            for column in (self.source_column, self.target_column):
-                if column not in columns:
-                    raise DataError(f"{where}: no column {column!r}; the header has {columns}")
-            return [{**row, "_row": i + 2} for i, row in enumerate(rows)]  # row numbers as in a spreadsheet
         rows = []
         for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

@@ -158,15 +158,23 @@ def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int
 
 
 def _hub_dataset(name: str, split: str):
+    """The GEM repositories ship loading scripts, which datasets >= 4 no longer runs; the hub's
+    automatic Parquet export (revision refs/convert/parquet) holds the same rows, so try it next."""
     try:
         import datasets
-
-        return datasets.load_dataset(name, split=split)
-    except Exception as error:  # offline, missing, renamed: one line that says what to do instead
-        raise DataError(
-            f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); set task.data_dir to a folder with the released files"
-        ) from error
+    except ImportError as error:
+        raise DataError(f"loading {name!r} needs the 'datasets' package; or set task.data_dir") from error
+    error = None
+    for revision in (None, "refs/convert/parquet"):
+        try:
+            return datasets.load_dataset(name, split=split, **({"revision": revision} if revision else {}))
+        except Exception as caught:  # offline, missing, script-based, renamed: try the next, then one clear line
+            error = caught
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    raise DataError(
+        f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(error).__name__}: {first_line}); "
+        "set task.data_dir to a folder with the released files"
+    ) from error
 
 
 def _hub_pairs(rows, source_of) -> list[tuple[str, str]]:

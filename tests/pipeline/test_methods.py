@@ -99,3 +99,22 @@ def test_text_init_starts_from_the_words_activations():
     produced = module.prefixed.prefix_encoder().sites["decoder_self"]
     assert torch.allclose(site_prefix_to_rows(produced.keys[:, 0], produced.values[:, 0]),
                           site_prefix_to_rows(expected.keys[:, 0], expected.values[:, 0]), atol=1e-4)
+
+
+def test_methods_that_do_not_fit_the_model_fail_before_loading():
+    from transformers import BartConfig, BertConfig, LlamaConfig, MambaConfig
+
+    from prefixlab.engine.families import UnsupportedModelError
+    from prefixlab.methods import MethodNotSupportedError, check_method_fits_model
+
+    with pytest.raises(MethodNotSupportedError, match="'bert' is an encoder"):
+        check_method_fits_model({**BASE, "name": "prefix"}, BertConfig())
+    with pytest.raises(MethodNotSupportedError, match="method=infix is implemented for decoder-only models"):
+        check_method_fits_model({**BASE, "name": "infix"}, BartConfig())
+    with pytest.raises(MethodNotSupportedError, match="method.init=text"):
+        check_method_fits_model({**BASE, "name": "prefix", "init": "text"}, BartConfig())
+    with pytest.raises(MethodNotSupportedError, match=r"\['cross'\] do not exist in a 'llama' model"):
+        check_method_fits_model({**BASE, "name": "prefix", "prefix_sites": ["cross"]}, LlamaConfig())
+    with pytest.raises(UnsupportedModelError, match="'mamba' has no prefix adapter"):
+        check_method_fits_model({**BASE, "name": "prefix"}, MambaConfig())
+    check_method_fits_model({**BASE, "name": "prefix", "prefix_sites": ["encoder_self", "cross"]}, BartConfig())

@@ -39,16 +39,13 @@ class MethodNotSupportedError(ValueError):
 
 def check_method_fits_model(method: dict, config) -> None:
     """Before any weights load: is this method defined for this architecture?"""
-    from .engine.families import UnsupportedModelError, adapter_for_model_type
+    from .engine.families import adapter_for_model_type
 
     name = method["name"]
-    try:
-        adapter = adapter_for_model_type(config.model_type)
-    except UnsupportedModelError:
-        if name in PREFIX_METHODS:
-            raise  # it names the supported model types
-        adapter = None  # fine-tuning and PEFT methods need no prefix adapter
-    if adapter is not None and adapter.is_encoder_only:
+    # Every method runs through a prefixed wrapper (it attaches the engine), so every method
+    # needs the family's adapter; UnsupportedModelError names the supported model types.
+    adapter = adapter_for_model_type(config.model_type)
+    if adapter.is_encoder_only:
         raise MethodNotSupportedError(
             f"model type {config.model_type!r} is an encoder: it cannot generate text for this task "
             "(encoders take classification and extraction tasks)"

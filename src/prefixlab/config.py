@@ -37,19 +37,22 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = field(default="prefix", metadata={"help": "prefix | prefix_flat | infix | embedding | finetune | finetune_topk | lora | ia3"})
+    name: str = field(default="prefix", metadata={"help": "prefix | prefix_flat | infix | embedding | finetune | finetune_topk | lora | ia3 | adapter | head (encoders)"})
     prefix_length: int = field(default=10, metadata={"help": "prefix / infix / prompt positions"})
     prefix_sites: Optional[list[str]] = field(default=None, metadata={"help": "attention sites with a prefix (None: all of the model's)"})
     mid_dim: Optional[int] = field(default=None, metadata={"help": "hidden width of the reparameterization MLP (prefix, infix)"})
     mlp_layers: int = field(default=1, metadata={"help": "hidden Linear+Tanh layers of the MLP"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the prefix activations (LoRA: on its input)"})
-    init_std: float = field(default=0.02, metadata={"help": "std of the random init of a flat prefix"})
+    init_std: float = field(default=0.02, metadata={"help": "std of the random init of a flat prefix (adapter: of its down-projection)"})
     init: str = field(default="random", metadata={"help": "random | text (the LM's activations of init_text)"})
     init_text: str = field(default="", metadata={"help": "words for init=text, e.g. 'summarize' or 'table-to-text:'"})
     k: int = field(default=2, metadata={"help": "finetune_topk: number of top layers trained"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
     target_modules: list[str] = field(default_factory=list, metadata={"help": "lora/ia3 target modules (empty: PEFT's default)"})
+    bottleneck: Optional[int] = field(default=None, metadata={"help": "adapter: width r of each bottleneck adapter (2*d*r + r + d parameters each); null with adapter_params_percent"})
+    adapter_params_percent: Optional[float] = field(default=None, metadata={"help": "adapter: size r so the adapters hold this % of the LM's parameters (the paper's ADAPTER(3%) / (0.1%)); null with bottleneck"})
+    adapter_placement: str = field(default="ffn", metadata={"help": "adapter: ffn (one after each feed-forward block) | houlsby (after attention too)"})
 
 
 @dataclass
@@ -74,6 +77,9 @@ class TaskConfig:
     target_column: Optional[str] = field(default=None, metadata={"help": "task=local: column of the target text (null: target)"})
     file_format: Optional[str] = field(default=None, metadata={"help": "task=local: csv | jsonl (null: from the extension)"})
     instruction: Optional[str] = field(default=None, metadata={"help": "task=local: the instruction the prompt starts with"})
+    train_topics: Optional[list[str]] = field(default=None, metadata={"help": "bbc_headline topic extrapolation: train on these topics (null: all but test_topics)"})
+    test_topics: Optional[list[str]] = field(default=None, metadata={"help": "bbc_headline topic extrapolation: test on every article of these topics (null: all but train_topics)"})
+    test_categories: Optional[str] = field(default=None, metadata={"help": "webnlg: all | seen | unseen test categories (seen: in the train split); null: all"})
     primary_metric: str = field(default="rougeL", metadata={"help": "the task's headline metric (without test/), e.g. bleu, accuracy"})
 
 
@@ -108,6 +114,12 @@ class TrainerConfig:
     checkpoint_every_n_steps: Optional[int] = field(
         default=None, metadata={"help": "write checkpoints/last.ckpt every N optimizer steps (None: min(50, max_steps))"}
     )
+    strategy: str = field(
+        default="auto",
+        metadata={"help": "Lightning strategy: auto | ddp | ddp_spawn | fsdp | deepspeed ... (several devices or nodes; "
+                          "conf/trainer/ddp.yaml, fsdp.yaml, ddp_cpu.yaml)"},
+    )
+    num_nodes: int = field(default=1, metadata={"help": "machines in a multi-node run (each with trainer.devices processes)"})
 
 
 @dataclass
@@ -118,6 +130,7 @@ class LoggerConfig:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     mode: Optional[str] = field(default=None, metadata={"help": "online | offline; None: offline unless WANDB_MODE or an API key is set"})
+    samples_rows: int = field(default=16, metadata={"help": "wandb: rows of the generated-samples table logged at each validation and test (0: none)"})
 
 
 @dataclass
@@ -147,6 +160,9 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
               "transformer-engine-float16", "32", "16", "bf16", "64")  # Lightning's names and aliases
 FLOAT32_MAX = 3.4028234663852886e38
+# Lightning's registered strategy names that fit this module (a test checks each one is registered):
+# the DDP family and FSDP; deepspeed needs its own package. "auto" is one device, or DDP over several.
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
 
 
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -173,6 +189,19 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.method.prefix_sites is None or len(cfg.method.prefix_sites) > 0, "method.prefix_sites",
              cfg.method.prefix_sites, "null (all sites) or a non-empty list of decoder_self, encoder_self, cross")
     _require(cfg.method.mlp_layers >= 1, "method.mlp_layers", cfg.method.mlp_layers, "must be >= 1")
+    if cfg.method.name == "adapter":
+        _require((cfg.method.bottleneck is None) != (cfg.method.adapter_params_percent is None), "method.bottleneck",
+                 cfg.method.bottleneck, "set exactly one of method.bottleneck and method.adapter_params_percent")
+        _require(cfg.method.bottleneck is None or cfg.method.bottleneck >= 1, "method.bottleneck", cfg.method.bottleneck, "must be >= 1")
+        percent = cfg.method.adapter_params_percent
+        _require(percent is None or (math.isfinite(percent) and 0 < percent <= 100), "method.adapter_params_percent",
+                 percent, "must be in (0, 100]")
+        _require(cfg.method.adapter_placement in ("ffn", "houlsby"), "method.adapter_placement",
+                 cfg.method.adapter_placement, "ffn | houlsby")
+    else:
+        _require(cfg.method.bottleneck is None and cfg.method.adapter_params_percent is None, "method.bottleneck",
+                 cfg.method.bottleneck if cfg.method.bottleneck is not None else cfg.method.adapter_params_percent,
+                 f"must be null with method.adapter_params_percent: method {cfg.method.name} has no adapters (use method=adapter)")
     _require(0.0 <= cfg.method.dropout < 1.0, "method.dropout", cfg.method.dropout, "must be in [0, 1)")
     _require(cfg.method.init in ("random", "text"), "method.init", cfg.method.init, "random | text")
     _require(
@@ -188,6 +217,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("train_size", "val_size", "test_size"):
         value = getattr(cfg.task, key)
         _require(value is None or value >= 1, f"task.{key}", value, "must be >= 1, or null for the whole split")
+    _require(cfg.task.test_categories in (None, "all", "seen", "unseen"), "task.test_categories", cfg.task.test_categories,
+             "all | seen | unseen (webnlg), or null")
+    overlap = sorted(set(cfg.task.train_topics or ()) & set(cfg.task.test_topics or ()))
+    _require(not overlap, "task.test_topics", cfg.task.test_topics, f"must not share topics with task.train_topics (both have {overlap})")
     _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
     _require(len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas), "optim.betas",
              cfg.optim.betas, "two values, each in [0, 1)")
@@ -213,6 +246,8 @@ def validate(cfg: TrainConfig) -> None:
              f"one of {', '.join(PRECISIONS)}")
     _require(bool(re.fullmatch(r"auto|-1|[1-9][0-9]*|[0-9]+(,[0-9]+)+,?|[0-9]+,", str(cfg.trainer.devices))), "trainer.devices",
              cfg.trainer.devices, "auto, -1 (all), a device count >= 1, or a list of device ids such as 0,1")
+    _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", cfg.trainer.strategy, f"one of {', '.join(STRATEGIES)}")
+    _require(cfg.trainer.num_nodes >= 1, "trainer.num_nodes", cfg.trainer.num_nodes, "must be >= 1")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32) (Lightning replaces other seeds with a random one)")
     _require(
         cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval >= 1,
@@ -225,6 +260,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.generation.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size",
              cfg.generation.no_repeat_ngram_size, "must be >= 0 (0: off)")
     _require(cfg.logger.kind in LOGGERS, "logger.kind", cfg.logger.kind, f"one of {', '.join(LOGGERS)}")
+    _require(cfg.logger.samples_rows >= 0, "logger.samples_rows", cfg.logger.samples_rows, ">= 0")
     _require(cfg.logger.mode in (None, "online", "offline", "disabled"), "logger.mode", cfg.logger.mode,
              "online | offline | disabled | null")
     _require(cfg.method.init_std > 0 and math.isfinite(cfg.method.init_std), "method.init_std", cfg.method.init_std, "must be > 0")

@@ -5,6 +5,8 @@ only (labels -100 elsewhere). Left padding puts every target in the last columns
 the LM head only runs there (``PrefixedCausalLM.target_loss``); position ids count
 real tokens only, so padding side does not change the result. Evaluation batches carry
 the same plus the prompts left-padded for ``generate()`` and the references for scoring.
+Tokenized splits are cached between runs (``token_cache.py``: keyed by the tokenizer's content,
+the prompt settings and the examples).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader
 from .formatting import PromptFormatter
 from .model_loading import load_tokenizer
 from .tasks import DataError, Example, build_task
+from .token_cache import TokenizedCache
 
 IGNORE_INDEX = -100
 
@@ -106,12 +109,18 @@ class TaskDataModule(pl.LightningDataModule):
         seed: int = 42,
         is_encoder_decoder: bool = False,
         task_options: dict | None = None,
+        cache_tokenized: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task = build_task(task_name, **(task_options or {}))
+        # Hub download, local files, metric dependencies (Java for METEOR): fail here, before any model loads.
+        check_available = getattr(self.task, "check_available", None)
+        if check_available is not None:
+            check_available()
         self.splits: dict[str, list[EncodedExample]] = {}
         self.formatter: PromptFormatter | None = None
+        self.token_cache: TokenizedCache | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -124,14 +133,17 @@ class TaskDataModule(pl.LightningDataModule):
             hp.max_target_tokens, is_encoder_decoder=hp.is_encoder_decoder,
         )
         sizes = {"train": hp.train_size, "validation": hp.val_size, "test": hp.test_size}
+        self.token_cache = TokenizedCache(tokenizer, self.formatter) if hp.get("cache_tokenized", True) else None
         for split, size in sizes.items():
             examples = take_subset(self.task.load_split(split), size, hp.subset_seed)
             if not examples:
                 raise DataError(f"task {hp.task_name!r}: the {split} split is empty")
-            self.splits[split] = [
-                EncodedExample(e, self.formatter.prompt_ids(e.source), self.formatter.target_ids(e.target))
-                for e in examples
-            ]
+            encode = lambda e: (self.formatter.prompt_ids(e.source), self.formatter.target_ids(e.target))
+            if self.token_cache is not None:
+                encoded = self.token_cache.encoded(hp.task_name, split, examples, encode)
+            else:
+                encoded = [encode(e) for e in examples]
+            self.splits[split] = [EncodedExample(e, prompt, target) for e, (prompt, target) in zip(examples, encoded)]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)

@@ -9,6 +9,11 @@
 | finetune       | every LM weight                                    | the trained weights             |
 | finetune_topk  | the top k layers and the final norm (FT-top k)     | the trained weights             |
 | lora, ia3      | PEFT's LoRA / (IA)^3 adapters, injected in place   | PEFT adapter folder             |
+| adapter        | bottleneck adapters after each FFN (Houlsby/Lin)   | adapter weights + JSON          |
+| head           | encoders only: the task head, no prefix (baseline) | the head                        |
+
+On an encoder (BERT family) prefix and prefix_flat train a P-tuning v2 prefix plus the task
+head (``encoder_module.py``); ``head`` trains the head alone.
 
 Plain torch and PEFT; the LightningModule calls ``prepare``.
 """
@@ -29,8 +34,10 @@ PREFIX_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
 MLP_METHODS = ("prefix", "infix")
 WEIGHT_METHODS = ("finetune", "finetune_topk")
 PEFT_METHODS = ("lora", "ia3")
-METHODS = PREFIX_METHODS + WEIGHT_METHODS + PEFT_METHODS
-DECODER_ONLY_METHODS = ("infix", "embedding")
+ADAPTER_METHODS = ("adapter",)  # engine/bottleneck_adapters.py
+ENCODER_METHODS = ("prefix", "prefix_flat", "head")  # each with the task head on the frozen encoder
+METHODS = PREFIX_METHODS + WEIGHT_METHODS + PEFT_METHODS + ADAPTER_METHODS + ("head",)
+DECODER_ONLY_METHODS = ("infix", "embedding", "adapter")
 
 
 class MethodNotSupportedError(ValueError):
@@ -46,9 +53,23 @@ def check_method_fits_model(method: dict, config) -> None:
     # needs the family's adapter; UnsupportedModelError names the supported model types.
     adapter = adapter_for_model_type(config.model_type)
     if adapter.is_encoder_only:
+        if name not in ENCODER_METHODS or method.get("init") == "text":
+            what = f"method={name}" if name not in ENCODER_METHODS else "method.init=text"
+            raise MethodNotSupportedError(
+                f"{what} does not apply to model type {config.model_type!r}, an encoder: use method=prefix, "
+                "prefix_flat (P-tuning v2 prefix + task head) or head (the task head alone)"
+            )
+        unknown = sorted(set(method.get("prefix_sites") or []) - {"encoder_self"})
+        if unknown and name != "head":
+            raise MethodNotSupportedError(
+                f"method.prefix_sites={list(method['prefix_sites'])}: {unknown} do not exist in a {config.model_type!r} "
+                "model; it has ['encoder_self']"
+            )
+        return
+    if name == "head":
         raise MethodNotSupportedError(
-            f"model type {config.model_type!r} is an encoder: it cannot generate text for this task "
-            "(encoders take classification and extraction tasks)"
+            f"method=head trains a task head on a frozen encoder; {config.model_type!r} is not an encoder "
+            "(use an encoder such as model=minilm, or a generative method)"
         )
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     if encoder_decoder and (name in DECODER_ONLY_METHODS or method.get("init") == "text"):
@@ -130,6 +151,11 @@ def unfreeze_for(method: dict, lm: nn.Module) -> None:
             head.requires_grad_(True)
     if name in PEFT_METHODS:
         inject_peft_adapter(method, lm)
+    if name in ADAPTER_METHODS:
+        from .engine.bottleneck_adapters import attach_adapters
+
+        attach_adapters(lm, bottleneck=method["bottleneck"], placement=method["adapter_placement"],
+                        init_std=method["init_std"], params_percent=method["adapter_params_percent"])
 
 
 def peft_config(method: dict, lm: nn.Module):

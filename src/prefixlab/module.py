@@ -18,6 +18,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from .artifacts import atomic_replace_dir
+from .engine.bottleneck_adapters import CHILD as BOTTLENECK_CHILD
 from .engine.export import ExportedPrefix, save_prefix
 from .engine.geometry import PrefixGeometry
 from .engine.prefixed_lm import PrefixedCausalLM
@@ -30,7 +31,22 @@ _LM_PREFIX = "prefixed.lm."
 
 
 def _is_adapter(parameter_name: str) -> bool:
-    return "lora_" in parameter_name or "ia3_" in parameter_name
+    return "lora_" in parameter_name or "ia3_" in parameter_name or BOTTLENECK_CHILD in parameter_name
+
+
+def load_frozen_lm(model: dict):
+    """The base LM as every run uses it (``model`` is the model config as a dict)."""
+    lm = load_lm(
+        model["name_or_path"],
+        dtype=model["dtype"],
+        attn_implementation=model["attn_implementation"],
+        random_init=model["random_init"],
+        config_overrides=model["config_overrides"],
+    )
+    lm.eval()  # no dropout in the LM: the same function in training and evaluation
+    if model.get("gradient_checkpointing"):
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return lm
 
 
 class PrefixTuningModule(pl.LightningModule):
@@ -43,26 +59,22 @@ class PrefixTuningModule(pl.LightningModule):
         task_name: str,
         eval_zero_shot: bool = True,
         max_steps: int = 1000,
+        preloaded: PrefixedCausalLM | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # preloaded: a packed sweep (packed.py) loads the frozen LM once and hands its prefixed
+        # wrapper to every job's module; each module puts its own prefix encoder on it.
+        self.save_hyperparameters(ignore=["preloaded"])
         self.strict_loading = False  # checkpoints hold no frozen-LM weights by design
-        lm = load_lm(
-            model["name_or_path"],
-            dtype=model["dtype"],
-            attn_implementation=model["attn_implementation"],
-            random_init=model["random_init"],
-            config_overrides=model["config_overrides"],
-        )
-        lm.eval()  # no dropout in the LM: the same function in training and evaluation
-        if model.get("gradient_checkpointing"):
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm = load_frozen_lm(model) if preloaded is None else preloaded.lm
         self.tokenizer = load_tokenizer(model["name_or_path"])
         self.task = build_task(task_name)
         self.is_prefix_method = method["name"] in PREFIX_METHODS
         unfreeze_for(method, lm)
         self.is_encoder_decoder = bool(lm.config.is_encoder_decoder)
-        self.prefixed = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm, None)
+        if preloaded is None:
+            preloaded = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm, None)
+        self.prefixed = preloaded
         if self.is_prefix_method:
             self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, lm, self.tokenizer)
         self._outputs: dict[str, list[dict]] = {}
@@ -79,7 +91,7 @@ class PrefixTuningModule(pl.LightningModule):
         return {
             "lm_params": lm_params,
             "trainable_params": trainable,
-            "total_params": lm_params + sum(p.numel() for n, p in self.named_parameters() if not n.startswith(_LM_PREFIX)),
+            "total_params": lm_params + sum(p.numel() for n, p in self.named_parameters() if not n.startswith(_LM_PREFIX) or _is_adapter(n)),
             "exported_params": exported,
             "trainable_percent_of_lm": 100.0 * trainable / lm_params,
             "exported_percent_of_lm": 100.0 * exported / lm_params,
@@ -175,8 +187,25 @@ class PrefixTuningModule(pl.LightningModule):
                 }
             )
 
+    def _all_ranks(self, stage: str, rows: list[dict]) -> list[dict]:
+        """Every rank's rows, each example once and in dataset order, on every rank.
+
+        With several processes Lightning's DistributedSampler gives rank r the examples
+        r, r + W, r + 2W, ... of the split (W ranks; the last ones repeated from the start so
+        that every rank gets as many), so interleaving the ranks' lists and cutting at the split
+        size undoes it. Every rank then scores the same full set: the logged metrics agree
+        without a reduction, and rank 0 writes all rows to predictions.jsonl.
+        """
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return rows
+        gathered: list[list[dict]] = [[] for _ in range(world)]
+        torch.distributed.all_gather_object(gathered, rows)
+        loader = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        return [row for group in zip(*gathered) for row in group][: len(loader.dataset)]
+
     def _eval_epoch_end(self, stage: str) -> None:
-        rows = self._outputs.get(stage, [])
+        rows = self._all_ranks(stage, self._outputs.get(stage, []))
         if not rows:
             return
         references = [tuple(r["references"]) for r in rows]
@@ -223,11 +252,17 @@ class PrefixTuningModule(pl.LightningModule):
 
     def export(self, directory: Path) -> Path:
         """What a user keeps from the run: the prefix activations for prefix methods, the PEFT
-        adapter for lora/ia3, the trained weights (safetensors) for fine-tuning."""
+        adapter for lora/ia3, the adapter weights (safetensors + JSON) for adapter, the trained
+        weights (safetensors) for fine-tuning."""
         name = self.hparams.method["name"]
         if self.is_prefix_method:
             return save_prefix(directory, self.exported_prefix())
         lm = self.prefixed.lm
+        if name == "adapter":
+            from .engine.bottleneck_adapters import save_adapters
+
+            info = {"base_model": self.hparams.model["name_or_path"], "task": self.hparams.task_name}
+            return save_adapters(directory, lm, self.hparams.method["adapter_placement"], info)
         if name in PEFT_METHODS:
             from peft import get_peft_model_state_dict
             from safetensors.torch import save_file

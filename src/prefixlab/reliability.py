@@ -165,10 +165,13 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
         result = RunInterrupted(signum, step, checkpoint if checkpoint.is_file() else None)
     else:
         metrics.update(status="failed", error=f"{type(error).__name__}: {error}")
+    from .runs import is_global_zero
+
+    writes = is_global_zero(trainer)  # the other ranks of a multi-process run only pass the error on
     if isinstance(error, FloatingPointError):
         export_dir = run_dir / ("prefix" if module.is_prefix_method else "trained")
         exported = None
-        if last_good is not None and last_good.restore(module):
+        if writes and last_good is not None and last_good.restore(module):
             module.export(export_dir)
             exported = f"last good state (after {last_good.step} steps) exported to {export_dir}"
             metrics.update(exported=str(export_dir), exported_step=last_good.step)
@@ -177,7 +180,8 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
                            f"status in {run_dir / 'metrics.json'}")
     metrics["runtime_s"] = round(time.time() - started, 1)
     try:
-        write_results(run_dir, metrics, None)
+        if writes:
+            write_results(run_dir, metrics, None)
     except OSError as write_error:  # the original error matters more
         print(f"prefixlab-train: could not write {run_dir / 'metrics.json'}: {write_error}", file=sys.stderr)
     return result

@@ -2,6 +2,7 @@
 
     prefixlab-train                                  # the embedded default (BBC headlines, SmolLM2)
     prefixlab-train method.prefix_length=20 optim.lr=1e-4
+    prefixlab-train model=minilm task=bbc_topic      # an encoder: P-tuning v2 prefix + classifier head
     prefixlab-train -m method.prefix_length=1,5,10   # a Hydra sweep into multirun/
     prefixlab-train --cfg job                        # print the composed config
 """
@@ -21,7 +22,9 @@ from .config import TrainConfig, register_configs, validate
 
 register_configs()
 # Run directories carry milliseconds and the process id, so jobs started together never share one.
-OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
+# Cached like Hydra's ${now:}: a sweep's jobs copy the cache, so jobs run in other processes
+# (joblib, submitit) land in the sweep folder of the process that started it.
+OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -29,14 +32,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     validate(settings)  # cheap checks first: nothing below runs on a bad config
     import pytorch_lightning as pl
 
+    from .encoder_module import build_encoder_run, is_encoder_model
     from .methods import check_method_fits_model
     from .tasks import task_options
     from .model_loading import load_config
     from .module import PrefixTuningModule
     from .reliability import LastGoodState, StopOnSignal, record_failure
     from .resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
-    from .runs import (build_logger, build_trainer, check_free_space, check_writable, finish_logger, run_summary,
-                       storage_needed, write_results)
+    from .runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
+                       logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
 
     check_writable(run_dir)
     model_config = load_config(settings.model.name_or_path)  # a wrong model name fails here, before any weights load
@@ -48,34 +52,43 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.time()
     pl.seed_everything(settings.seed, workers=True)
 
-    datamodule = ResumableDataModule(
-        task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
-        task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-        seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder), task_options=task_options(task),
-    )
-    module = PrefixTuningModule(
-        model=resolved["model"], method=resolved["method"], optim=resolved["optim"],
-        generation=resolved["generation"], task_name=task.name,
-        eval_zero_shot=settings.eval_zero_shot, max_steps=settings.trainer.max_steps,
-    )
+    if is_encoder_model(model_config):  # BERT family: a task head (+ P-tuning v2 prefix), no generation
+        datamodule, module = build_encoder_run(settings, resolved)  # data first, then the encoder
+        mean_tokens = datamodule.mean_train_tokens()
+    else:
+        datamodule = ResumableDataModule(
+            task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
+            task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
+            seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder), task_options=task_options(task),
+        )
+        datamodule.setup("fit")  # data errors (a hub dataset offline) come before the LM loads
+        module = PrefixTuningModule(
+            model=resolved["model"], method=resolved["method"], optim=resolved["optim"],
+            generation=resolved["generation"], task_name=task.name,
+            eval_zero_shot=settings.eval_zero_shot, max_steps=settings.trainer.max_steps,
+        )
+        train_lengths = [len(e.prompt_ids) + len(e.target_ids) for e in datamodule.splits["train"]]
+        mean_tokens = sum(train_lengths) / len(train_lengths)
     if saved:
         check_trainable_state(resume_from, saved["shapes"], module)
         print(f"resuming from {resume_from} (step {saved['global_step']})")
-    datamodule.setup("fit")
-    train_lengths = [len(e.prompt_ids) + len(e.target_ids) for e in datamodule.splits["train"]]
     counts = module.parameter_counts()
-    print(run_summary(counts, task.batch_size, settings.trainer.accumulate_grad_batches, 1, sum(train_lengths) / len(train_lengths)))
     check_free_space(run_dir, storage_needed(counts))
 
-    logger = build_logger(settings.logger, run_dir, settings.run_name, resolved)
+    tags = wandb_tags(task.name, settings.model.name_or_path, settings.model.random_init, settings.method.name, settings.logger.tags)
+    logger = build_logger(settings.logger, run_dir, settings.run_name, resolved, **wandb_identity(), tags=tags, parameter_counts=counts)
     stop, last_good, trainer = StopOnSignal(run_dir / LAST_CHECKPOINT), LastGoodState(), None
     try:
-        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good])
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, *logger_callbacks(settings.logger)])
+        check_launchable(trainer, in_sweep=HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN")
+        if trainer.is_global_zero:
+            print(run_summary(counts, task.batch_size, settings.trainer.accumulate_grad_batches, trainer.world_size, mean_tokens))
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # checked above
         stop.stop_if_received(trainer)
         val_metrics = trainer.validate(module, datamodule=datamodule)[0]
         test_metrics = trainer.test(module, datamodule=datamodule)[0]
-        module.export(run_dir / ("prefix" if module.is_prefix_method else "trained"))
+        if trainer.is_global_zero:  # the other ranks hold the same prefix and the same gathered predictions
+            module.export(run_dir / ("prefix" if module.is_prefix_method else "trained"))
         metrics = {
             "status": "completed",
             "run_name": settings.run_name,
@@ -85,13 +98,45 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
             "runtime_s": round(time.time() - started, 1),
         }
-        write_results(run_dir, metrics, module.last_predictions.get("test"))
+        if trainer.is_global_zero:
+            write_results(run_dir, metrics, module.last_predictions.get("test"))
     except BaseException as error:  # metrics.json says what happened: interrupted or failed, at which step
         raise record_failure(error, run_dir, module, trainer, last_good, {"run_name": settings.run_name, **counts}, started)
     finally:
-        finish_logger(logger)
+        finish_logger(logger, run_dir / "metrics.json")
     print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
     return metrics
+
+
+def wandb_identity() -> dict:
+    """The W&B group and name of this job, from Hydra: group = the sweep folder (``<date>/<time>``;
+    a single run: none, so its run name), name = the overrides this job differs in (in a sweep,
+    only the swept keys), e.g. ``prefix_length=5,lr=0.001``."""
+    if not HydraConfig.initialized():
+        return {}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)) if o.value() is not None]
+    group = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+        # the sweep as typed: Hydra saves it in <sweep dir>/multirun.yaml before any job starts
+        # (jobs of other launchers may run in other processes); a search preset's params too
+        saved = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+        try:
+            typed = OmegaConf.load(saved).hydra.overrides.task if saved.is_file() else sys.argv[1:]
+            swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(
+                [a for a in typed if not a.startswith("-")]) if o.is_sweep_override()}
+        except Exception:  # an argument the parser does not take: name the job from all its overrides
+            swept = set()
+        swept |= set(hydra_cfg.sweeper.get("params") or {})
+        overrides = [o for o in overrides if o.key_or_group in swept] or overrides
+    leaves = [o.key_or_group.rsplit(".", 1)[-1] for o in overrides]
+    parts = [f"{leaf if leaves.count(leaf) == 1 else o.key_or_group}={o.get_value_element_as_str()}"
+             for leaf, o in zip(leaves, overrides)]
+    return {"group": group, "job_name": ",".join(parts)[:128] or None}
 
 
 # conf/ sits at the repository root; src/prefixlab/conf links to it so the package finds it.

@@ -107,8 +107,11 @@ def test_methods_that_do_not_fit_the_model_fail_before_loading():
     from prefixlab.engine.families import UnsupportedModelError
     from prefixlab.methods import MethodNotSupportedError, check_method_fits_model
 
-    with pytest.raises(MethodNotSupportedError, match="'bert' is an encoder"):
-        check_method_fits_model({**BASE, "name": "prefix"}, BertConfig())
+    with pytest.raises(MethodNotSupportedError, match="method=infix does not apply to model type 'bert', an encoder"):
+        check_method_fits_model({**BASE, "name": "infix"}, BertConfig())
+    check_method_fits_model({**BASE, "name": "prefix"}, BertConfig())  # P-tuning v2 prefix + head (encoder_module)
+    with pytest.raises(MethodNotSupportedError, match="method=head trains a task head on a frozen encoder"):
+        check_method_fits_model({**BASE, "name": "head"}, LlamaConfig())
     with pytest.raises(MethodNotSupportedError, match="method=infix is implemented for decoder-only models"):
         check_method_fits_model({**BASE, "name": "infix"}, BartConfig())
     with pytest.raises(MethodNotSupportedError, match="method.init=text"):

@@ -34,3 +34,40 @@ def test_country_qa_scores_hand_checked():
     # F1: 1, (P 1/2, R 1 -> 2/3), 1, 1
     assert scores["exact_match"] == pytest.approx(75.0)
     assert scores["f1"] == pytest.approx(100 * (3 + 2 / 3) / 4)
+
+
+# ---- country_qa_extractive: the same questions over a context paragraph ---------------------------
+def test_extractive_variant_has_the_same_questions_in_the_same_splits():
+    for seed in (0, 1):
+        closed, extractive = build_task("country_qa", split_seed=seed), build_task("country_qa_extractive", split_seed=seed)
+        for split in ("train", "validation", "test"):
+            books = {e.id: e for e in closed.load_split(split)}
+            spans = {e.id: e for e in extractive.load_spans(split)}
+            assert books.keys() == spans.keys()  # so also no country in two splits
+            assert all(spans[i].question == books[i].source and spans[i].references == books[i].references for i in spans)
+
+
+def test_extractive_paragraph_states_the_facts_and_the_answer_is_its_span():
+    spans = {e.id: e for s in ("train", "validation", "test") for e in build_task("country_qa_extractive").load_spans(s)}
+    france = spans["France/capital"]
+    assert "The capital of France is Paris." in france.context and "France lies in the world region Europe." in france.context
+    assert france.context[france.answer_start: france.answer_end] == "Paris"
+    # one paragraph per country, shared by its questions, each answer at its own place
+    assert {spans[f"France/{f}"].context for f in ("capital", "region", "subregion", "currencies")} == {france.context}
+    region, subregion = spans["France/region"], spans["France/subregion"]
+    assert (region.answer, subregion.answer) == ("Europe", "Western Europe")
+    assert region.context[region.answer_start - len("world region "): region.answer_start] == "world region "
+    bolivia = spans["Bolivia/currencies"]
+    assert "is BOB and BOV." in bolivia.context and bolivia.answer == "BOB" and set(bolivia.references) == {"BOB", "BOV"}
+    # the sentence order varies between countries (a span head cannot answer by position alone), and is fixed
+    firsts = {e.context.split(". ")[0].replace(e.id.split("/")[0], "X") for e in spans.values()}
+    assert len(firsts) > 2
+    again = {e.id: e for e in build_task("country_qa_extractive").load_spans("test")}
+    assert all(again[i] == spans[i] for i in again)
+
+
+def test_extractive_variant_for_lms_is_question_then_paragraph():
+    example = next(e for e in build_task("country_qa_extractive").load_split("test") if e.id.endswith("/capital"))
+    question, passage = example.source.split("\n")
+    assert question.startswith("Question: What is the capital of ") and passage.startswith("Passage: ")
+    assert example.target in passage

@@ -1,10 +1,20 @@
-"""Scorers with hand-checked values: corpus BLEU (multi-reference), NIST, SQuAD EM/F1, classification."""
+"""Scorers with hand-checked values: corpus BLEU (multi-reference), NIST, METEOR, CIDEr, SQuAD EM/F1, classification."""
 
 import math
 
 import pytest
 
-from prefixlab.scoring import classification, corpus_bleu, corpus_nist, normalize_answer, squad, table_to_text, token_f1
+from prefixlab.scoring import (
+    cider,
+    classification,
+    corpus_bleu,
+    corpus_nist,
+    meteor,
+    normalize_answer,
+    squad,
+    table_to_text,
+    token_f1,
+)
 
 
 def test_perfect_prediction_scores_100_bleu():
@@ -68,3 +78,50 @@ def test_classification_accuracy_and_macro_f1():
     assert scores["accuracy"] == pytest.approx(50.0)
     # sport F1 1; tech P 1/2 R 1 -> 2/3; business R 0 -> 0; macro = (1 + 2/3 + 0) / 3
     assert scores["macro_f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+
+
+def test_nist_when_every_prediction_is_shorter_than_five_tokens():
+    # regression: nltk divided by the number of 3/4/5-grams of the predictions (0 here) and crashed the evaluation
+    assert corpus_nist(["xx yy", "zz"], [("the cat sat on the mat",), ("a dog barked",)]) == 0.0
+    assert corpus_nist(["the cat"], [("the cat sat on the mat",)]) > 0.0
+
+
+# ---- METEOR and CIDEr (pycocoevalcap, the E2E script's definitions; METEOR starts a JVM once: ~10 s) ----
+
+def test_table_to_text_reports_meteor_and_cider_at_their_maximum_for_perfect_predictions():
+    preds = ["The Eagle is a cheap coffee shop.", "Blue Spice serves French food near the river."]
+    scores = table_to_text(preds, [(p,) for p in preds])
+    assert set(scores) == {"bleu", "nist", "meteor", "rougeL", "cider"}
+    assert scores["meteor"] == pytest.approx(100.0) and scores["cider"] == pytest.approx(10.0)  # CIDEr-D's max is 10
+    # coco tokenization lowercases and drops punctuation; the best of several references counts for METEOR
+    assert meteor(["there is a PUB , by the river"], [("No.", "There is a pub by the river.")]) == pytest.approx(100.0)
+    assert meteor(["zebra quantum"], [("the cat sat on the mat",)]) == 0.0
+    partial = meteor(["the cat sat"], [("the cat sat on the mat",)])
+    assert 0.0 < partial < 100.0
+
+
+def test_cider_hand_computed_two_example_corpus():
+    # Two examples, one reference each. idf = log(2) - log(df): every n-gram here occurs in one
+    # reference set only, so every weight is log 2 and cancels in the cosines.
+    # Example A: hyp "a b" vs ref "a b c d". n=1: cos = (2 l^2) / (sqrt(2) l * 2 l) = 1/sqrt(2);
+    # n=2: hyp {ab}, ref {ab, bc, cd}: cos = 1/sqrt(3); n=3,4: hyp has none -> 0. coco-caption's length
+    # penalty counts BIGRAMS (its `n == 1` is the index of 2-grams): 1 vs 3 -> exp(-(2^2) / (2 * 6^2)).
+    # Example B: perfect, 4 tokens: every cosine 1, no penalty -> 10.
+    a = 10 * (1 / math.sqrt(2) + 1 / math.sqrt(3)) / 4 * math.exp(-4 / 72)
+    assert cider(["a b", "e f g h"], [("a b c d",), ("e f g h",)]) == pytest.approx((a + 10) / 2, abs=1e-9)
+    # the idf comes from the scored set: a single example has idf 0 everywhere, so even a perfect one gets 0
+    assert cider(["e f g h"], [("e f g h",)]) == 0.0
+
+
+def test_meteor_without_java_fails_clearly_and_the_task_says_so_before_training(monkeypatch):
+    import shutil
+
+    from prefixlab import scoring
+    from prefixlab.tasks import DataError, build_task
+
+    monkeypatch.setattr(scoring, "_meteor_process", None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(scoring.MetricUnavailableError, match="`java` is not on PATH: install a Java runtime"):
+        meteor(["a b"], [("a b",)])
+    with pytest.raises(DataError, match=r"task 'webnlg' reports METEOR and CIDEr: METEOR 1.5 .* `java` is not on PATH"):
+        build_task("webnlg").check_available()

@@ -11,15 +11,20 @@ import inspect
 
 from .base import DataError, Example, GenerationTask
 from .bbc_news import BBCHeadline, BBCTopic
-from .country_qa import CountryQA
+from .country_qa import CountryQA, CountryQAExtractive
 from .local_files import LocalFiles
-from .table_to_text import DART, E2E
+from .hub import AGNews, CNNDailyMail, SST2, XSum
+from .table_to_text import DART, E2E, WebNLG
+from .squad import SQuAD
 
 TASKS: dict[str, type] = {t.name: t for t in (BBCHeadline, BBCTopic, E2E, DART, CountryQA, LocalFiles)}
+TASKS.update({t.name: t for t in (XSum, CNNDailyMail, SST2, AGNews, WebNLG)})
+TASKS.update({t.name: t for t in (CountryQAExtractive, SQuAD)})  # also extractive, for encoders
 
 # TaskConfig fields passed to the task's constructor (the rest configure the datamodule).
 TASK_OPTIONS = ("data_dir", "split_seed", "train_file", "validation_file", "test_file", "source_column",
                 "target_column", "file_format", "instruction")
+TASK_OPTIONS += ("train_topics", "test_topics", "test_categories")
 
 
 def task_options(task_config) -> dict:

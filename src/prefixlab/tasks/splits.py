@@ -19,3 +19,13 @@ def split_by_key(keys, seed: int, validation_share: float = 0.1, test_share: flo
     for i, key in enumerate(ordered):
         assignment[key] = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
     return assignment
+
+
+def carve(keys, seed: int, share: float) -> set:
+    """The keys held out of a training split (e.g. a validation split carved from train): ``share``
+    of the distinct keys (at least one when there are two or more), chosen like ``split_by_key``
+    (sorted, then ``random.Random(seed)`` shuffled), so rows with the same key stay together."""
+    ordered = sorted(set(keys))
+    random.Random(seed).shuffle(ordered)
+    n = max(1, round(len(ordered) * share)) if len(ordered) >= 2 else 0
+    return set(ordered[:n])

@@ -1,5 +1,6 @@
-"""Table-to-text, the paper's main setting: E2E (restaurant meaning representations) and DART
-(open-domain RDF triples), both multi-reference.
+"""Table-to-text, the paper's main setting: E2E (restaurant meaning representations), WebNLG
+(DBpedia triples, seen / unseen categories) and DART (open-domain RDF triples), all multi-reference.
+Scored with BLEU, NIST, METEOR, ROUGE-L and CIDEr (``scoring.table_to_text``).
 
 Rows are grouped by input: the train split yields one example per (input, reference) pair,
 validation and test one example per input with all its references, so a prediction is
@@ -18,7 +19,7 @@ Data:
   the splits; when only one file is (e.g. the dev set in ../shared/data) it is split BY INPUT
   80/10/10 with ``split_seed``, so no input's references cross splits.
   ``data_dir`` null: the full official splits from the Hugging Face hub (``GEM/e2e_nlg``,
-  ``GEM/dart``; needs the hub or its cache).
+  ``GEM/dart``; needs the hub or its cache). WebNLG: see ``WebNLG``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,21 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
-from ..scoring import table_to_text
+from ..scoring import MetricUnavailableError, check_coco_metrics, table_to_text
 from .base import SPLITS, DataError, Example
+from .hub import load_from_hub, load_local
 from .splits import split_by_key
 
 Group = tuple[str, tuple[str, ...]]  # (linearized input, its references in file order)
+
+
+def check_metrics(task: str) -> None:
+    try:
+        check_coco_metrics()
+    except MetricUnavailableError as error:
+        raise DataError(f"task {task!r} reports METEOR and CIDEr: {error}") from error
 
 
 def _group(pairs, where: str) -> list[Group]:
@@ -108,13 +118,18 @@ class TableToText:
     instruction = ""
     answer_cue = "Text:"
     score = staticmethod(table_to_text)
-    metric_names = ("bleu", "nist", "rougeL")
-    split_files: dict[str, str] = {}
+    metric_names = ("bleu", "nist", "meteor", "rougeL", "cider")
+    split_files: ClassVar[dict[str, str]] = {}
     hub_name = ""
 
     def __init__(self, data_dir: str | None = None, split_seed: int = 0) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir).expanduser()
         self.split_seed = split_seed
+
+    def check_available(self) -> None:
+        """Before any model loads: the data can be read and METEOR can run (Java), else one line."""
+        check_metrics(self.name)
+        self._groups("test")
 
     @staticmethod
     def read(path: Path) -> list[tuple[str, str]]:
@@ -158,23 +173,9 @@ def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int
 
 
 def _hub_dataset(name: str, split: str):
-    """The GEM repositories ship loading scripts, which datasets >= 4 no longer runs; the hub's
-    automatic Parquet export (revision refs/convert/parquet) holds the same rows, so try it next."""
-    try:
-        import datasets
-    except ImportError as error:
-        raise DataError(f"loading {name!r} needs the 'datasets' package; or set task.data_dir") from error
-    error = None
-    for revision in (None, "refs/convert/parquet"):
-        try:
-            return datasets.load_dataset(name, split=split, **({"revision": revision} if revision else {}))
-        except Exception as caught:  # offline, missing, script-based, renamed: try the next, then one clear line
-            error = caught
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    raise DataError(
-        f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(error).__name__}: {first_line}); "
-        "set task.data_dir to a folder with the released files"
-    ) from error
+    """One split by hub name (the GEM repositories ship loading scripts; ``load_from_hub`` then tries
+    the hub's Parquet export). A failure is one DataError line naming the dataset and the fixes."""
+    return load_from_hub(name, split=split)
 
 
 def _hub_pairs(rows, source_of) -> list[tuple[str, str]]:
@@ -190,7 +191,7 @@ def _hub_pairs(rows, source_of) -> list[tuple[str, str]]:
 class E2E(TableToText):
     name = "e2e"
     instruction = "Describe this restaurant in one or two sentences, using every attribute."
-    split_files = {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"}
+    split_files: ClassVar = {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"}
     hub_name = "GEM/e2e_nlg"
     read = staticmethod(read_e2e_csv)
 
@@ -201,7 +202,7 @@ class E2E(TableToText):
 class DART(TableToText):
     name = "dart"
     instruction = "Write one or two sentences that state all of these facts (subject | predicate | object)."
-    split_files = {
+    split_files: ClassVar = {
         "train": "dart-v1.1.1-full-train.json",
         "validation": "dart-v1.1.1-full-dev.json",
         "test": "dart-v1.1.1-full-test.json",
@@ -211,3 +212,108 @@ class DART(TableToText):
 
     def hub_rows(self, split: str) -> list[tuple[str, str]]:
         return _hub_pairs(_hub_dataset(self.hub_name, split), lambda row: linearize_triples(row["tripleset"]))
+
+
+WEBNLG_CATEGORY_SETS = ("all", "seen", "unseen")
+
+
+def linearize_webnlg(tripleset) -> str:
+    """WebNLG's modified triples (``"John_E_Blaha | birthDate | 1942_08_26"``) as DART's text: DBpedia's
+    underscores become spaces (the references write names with spaces), triples joined with `` || ``."""
+    triples = []
+    for triple in tripleset:
+        parts = [p.strip().replace("_", " ") for p in str(triple).split(" | ")]
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"triple {triple!r} is not 'subject | predicate | object'")
+        triples.append(parts)
+    return linearize_triples(triples)
+
+
+class WebNLG:
+    """WebNLG 2017 challenge (DBpedia triples -> text), multi-reference like DART, with its 15
+    categories: a category of the test split is *seen* if the train split has it (the 2017 test set
+    holds 10 seen and 5 unseen categories), computed from the data. ``test_categories`` picks the
+    test examples: ``all``, ``seen`` or ``unseen`` (the paper's S / U / A columns, one per run).
+
+    Data: the hub dataset ``webnlg-challenge/web_nlg`` (config ``webnlg_challenge_2017``; splits
+    train / dev / test, columns ``category``, ``modified_triple_sets``, ``lex``), or ``data_dir`` with
+    files of those splits and columns (``train.jsonl``, ``dev.jsonl``, ``test.jsonl``: what
+    ``Dataset.to_json`` writes) or a ``save_to_disk`` folder."""
+
+    name = "webnlg"
+    instruction = DART.instruction
+    answer_cue = "Text:"
+    score = staticmethod(table_to_text)
+    metric_names = ("bleu", "nist", "meteor", "rougeL", "cider")
+    hub_name = "webnlg-challenge/web_nlg"
+    hub_config = "webnlg_challenge_2017"
+    hub_splits: ClassVar = {"train": "train", "validation": "dev", "test": "test"}
+
+    def __init__(self, data_dir: str | None = None, test_categories: str = "all") -> None:
+        if test_categories not in WEBNLG_CATEGORY_SETS:
+            raise DataError(f"task.test_categories={test_categories!r}: expected one of {', '.join(WEBNLG_CATEGORY_SETS)}")
+        self.data_dir = None if data_dir is None else Path(data_dir).expanduser()
+        self.test_categories = test_categories
+        self._entries: dict[str, list[tuple[str | None, str, str]]] = {}
+        self._loaded = None
+        self._origins: dict[str, str] = {}
+
+    def check_available(self) -> None:
+        check_metrics(self.name)
+        self.load_split("test")
+
+    def _where(self, hub_split: str) -> str:
+        return self._origins.get(hub_split) or f"{self.data_dir if self.data_dir else self.hub_name} ({hub_split} split)"
+
+    def _rows(self, split: str) -> list[tuple[str | None, str, str]]:
+        """(category, linearized triples, reference) per reference of one split."""
+        if split in self._entries:
+            return self._entries[split]
+        if self._loaded is None:
+            if self.data_dir:
+                self._loaded, self._origins = load_local(self.data_dir, self.name)
+            else:
+                self._loaded = dict(load_from_hub(self.hub_name, self.hub_config, columns=("category", "modified_triple_sets", "lex")))
+        hub_split = self.hub_splits[split]
+        if hub_split not in self._loaded:
+            raise DataError(f"{self._where(hub_split)}: missing; task 'webnlg' needs the splits {sorted(self.hub_splits.values())}, found {sorted(self._loaded)}")
+        dataset = self._loaded[hub_split]
+        for column in ("modified_triple_sets", "lex"):
+            if column not in dataset.column_names:
+                raise DataError(f"{self._where(hub_split)}: no column {column!r}; it has {list(dataset.column_names)}")
+        has_category = "category" in dataset.column_names
+        rows = []
+        for i, entry in enumerate(dataset):
+            try:
+                source = linearize_webnlg(entry["modified_triple_sets"]["mtriple_set"][0])
+                texts = entry["lex"]["text"]
+            except (KeyError, IndexError, TypeError, ValueError) as error:
+                raise DataError(
+                    f"{self._where(hub_split)}: row {i}: expected modified_triple_sets.mtriple_set[0] as "
+                    f"'subject | predicate | object' strings and lex.text ({error})"
+                ) from error
+            rows += [(entry["category"] if has_category else None, source, t or "") for t in texts]
+        self._entries[split] = rows
+        return rows
+
+    def load_split(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        rows = self._rows(split)
+        groups = _group([(source, ref) for _, source, ref in rows], self._where(self.hub_splits[split]))
+        if split == "test" and self.test_categories != "all":
+            if any(category is None for category, _, _ in rows):
+                raise DataError(f"{self._where('test')}: no 'category' column, so task.test_categories={self.test_categories!r} "
+                                "cannot tell seen from unseen; use task.test_categories=all")
+            seen = {category for category, _, _ in self._rows("train")}
+            category_of = {" ".join(source.split()): category for category, source, _ in rows}
+            keep = (lambda c: c in seen) if self.test_categories == "seen" else (lambda c: c not in seen)
+            groups = [g for g in groups if keep(category_of[g[0]])]
+            if not groups:
+                raise DataError(f"{self._where('test')}: no test input of a {self.test_categories} category "
+                                f"(train categories: {', '.join(sorted(seen))})")
+        return _examples(groups, split, self.name)
+
+    def categories(self, split: str) -> dict[str, str | None]:
+        """Linearized input -> its category, for reports per category."""
+        return {" ".join(source.split()): category for category, source, _ in self._rows(split)}

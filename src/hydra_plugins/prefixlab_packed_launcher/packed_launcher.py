@@ -1,0 +1,145 @@
+"""Hydra launcher ``packed``: a sweep's jobs that can share one frozen LM train together.
+
+Selected with ``launcher=packed`` (conf/launcher/packed.yaml). Per batch of jobs from the sweeper:
+
+1. compose every job's config (as the basic launcher does) and check, before anything is
+   written or loaded, that each job can be packed (``prefixlab.packed.packing_problem``): if
+   one cannot, the sweep stops with one line naming the job and the reason;
+2. group the jobs by ``pack_key`` (same model settings, device and precision);
+3. a group of one job runs as an ordinary job (``run_job`` with the task function: the
+   single-run path, checkpoints included); a larger group gets each job's run directory and
+   ``.hydra/`` files from ``run_job`` (a task function that only records them), then trains
+   in one ``prefixlab.packed.train_packed`` call;
+4. each job's JobReturn holds its optimized metric, or NaN for a job that failed (recorded in
+   its metrics.json), so the sweep goes on, as the single-run path does in a multirun.
+
+Hydra's job callbacks see a packed job's start and end when its directory is set up, before
+it trains. This file is the only place where the packed path touches Hydra.
+"""
+
+# No `from __future__ import annotations`: Hydra's plugin scan executes this file without
+# registering it in sys.modules, where dataclasses look string annotations up.
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.prefixlab_packed_launcher.packed_launcher.PackedLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="prefixlab")
+
+
+def _task_config(sweep_config: DictConfig) -> DictConfig:
+    task_cfg = sweep_config.copy()
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def _settings(task_cfg: DictConfig):
+    """The job's typed config, or None if it does not convert (its own run reports why)."""
+    try:
+        return OmegaConf.to_object(task_cfg)
+    except Exception:
+        return None
+
+
+class PackedLauncher(Launcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from prefixlab.packed import pack_key, packing_problem
+
+        setup_globals()
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+        configs: List[DictConfig] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            configs.append(sweep_config)
+        settings = [_settings(_task_config(c)) for c in configs]
+        for idx, (overrides, job) in enumerate(zip(job_overrides, settings), start=initial_job_idx):
+            problem = job and packing_problem(job)
+            if problem:  # before any folder is made or any model loads
+                sys.exit(f"prefixlab-train: error: job #{idx} ({' '.join(filter_overrides(overrides))}): {problem}")
+
+        groups: Dict[str, List[int]] = {}
+        for i, job in enumerate(settings):
+            # a job whose config does not convert runs alone, where its error is reported
+            groups.setdefault(pack_key(job) if job is not None else f"alone-{i}", []).append(i)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(configs)} jobs in {len(groups)} pack(s): "
+                 + "; ".join(",".join(f"#{initial_job_idx + i}" for i in g) for g in groups.values()))
+        returns: List[Optional[JobReturn]] = [None] * len(configs)
+        for members in groups.values():
+            if len(members) == 1:
+                i = members[0]
+                log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))} (alone)")
+                returns[i] = self._run(configs[i], self.task_function)
+            else:
+                for i, ret in zip(members, self._launch_pack([configs[i] for i in members])):
+                    returns[i] = ret
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns  # type: ignore[return-value]
+
+    def _run(self, sweep_config: DictConfig, task_function: TaskFunction) -> JobReturn:
+        assert self.hydra_context is not None
+        return run_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def _launch_pack(self, configs: List[DictConfig]) -> List[JobReturn]:
+        from prefixlab.packed import PackedJob, optimized_value, train_packed
+        from prefixlab.reliability import RunInterrupted
+        from prefixlab.train import wandb_identity
+
+        def record(task_cfg: DictConfig):
+            # runs inside run_job, which has made the job's folder, written .hydra/ and set
+            # HydraConfig to this job's: resolve here, where ${hydra:...} means this job
+            return PackedJob(settings=OmegaConf.to_object(task_cfg), resolved=OmegaConf.to_container(task_cfg, resolve=True),
+                             run_dir=Path(HydraConfig.get().runtime.output_dir), logger_identity=wandb_identity())
+
+        prepared = []
+        for config in configs:
+            overrides = " ".join(filter_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
+            log.info(f"\t#{config.hydra.job.num} : {overrides} (packed)")
+            prepared.append(self._run(config, record))
+        packable = [r for r in prepared if r.status == JobStatus.COMPLETED]
+        try:
+            results = train_packed([r.return_value for r in packable]) if packable else []
+        except RunInterrupted as stop:  # as the single-run path: exit like a process killed by that signal
+            print(f"prefixlab-train: {stop}", file=sys.stderr)
+            sys.exit(128 + stop.signum)
+        for ret, metrics in zip(packable, results):
+            optimized_metric = ret.return_value.settings.optimized_metric
+            ret.return_value = optimized_value(metrics, optimized_metric)
+        for ret in prepared:
+            if ret.status != JobStatus.COMPLETED:  # its config did not convert: as the single-run path, NaN
+                print(f"prefixlab-train: error: {ret._return_value}", file=sys.stderr)
+                ret.return_value, ret.status = math.nan, JobStatus.COMPLETED
+        return prepared

@@ -1,0 +1,327 @@
+"""The encoder path: a frozen BERT-family encoder, a task head, and (optionally) a P-tuning v2 prefix.
+
+``method=prefix`` / ``prefix_flat``: the prefix (MLP-reparameterized or flat, as for LMs) and the
+head train; ``method=head``: the head alone, the encoder counterpart of the zero-shot baseline.
+Heads: ``AutoModelForSequenceClassification``'s classifier over the task's ``labels`` (on the
+frozen pooler, as in P-tuning v2) or ``AutoModelForQuestionAnswering``'s start/end span head.
+
+Export (``export``), one folder a user keeps and ``load_encoder_export`` reads back:
+* ``head.safetensors``: the head's tensors under their names in the task model
+  (``classifier.weight``/``.bias``; ``qa_outputs.weight``/``.bias``), float32;
+* ``head_config.json``: format ``prefixlab-encoder-head`` version 1, base model, model class,
+  kind (classification | extractive), labels (index i = logit i), task, method, max answer tokens;
+* prefix methods also ``prefix.safetensors`` + ``prefix_config.json`` (``engine/export.py``: site
+  ``encoder_self``, [layers, heads, prefix_len, head_dim]); ``load_prefix`` reads them as for LMs.
+A prefix is trained with its head: it is of no use without ``head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from .artifacts import atomic_replace_dir
+from .encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
+from .engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
+from .engine.families import adapter_for_model_type
+from .engine.geometry import PrefixGeometry
+from .engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
+from .methods import PREFIX_METHODS, build_prefix_encoder
+from .model_loading import ModelNotFoundError, load_config, resolve
+from .scoring import classification, squad
+from .tasks import task_options
+
+HEAD_FORMAT, HEAD_FORMAT_VERSION = "prefixlab-encoder-head", 1
+HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
+MAX_ANSWER_TOKENS = 30  # the usual SQuAD decoding limit (Hugging Face's run_qa default)
+_FROZEN = "prefixed.model."
+
+
+def is_encoder_model(model_config) -> bool:
+    return adapter_for_model_type(model_config.model_type).is_encoder_only
+
+
+def load_encoder(model: dict, kind: str, labels: list[str] | None = None):
+    """The encoder with a classification or span head (head newly initialized from the global RNG)."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    config = load_config(model["name_or_path"])
+    for key, value in (model.get("config_overrides") or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(f"model.config_overrides: {config.model_type} config has no field {key!r}")
+        setattr(config, key, value)
+    if kind == CLASSIFICATION:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    auto_class = AutoModelForSequenceClassification if kind == CLASSIFICATION else AutoModelForQuestionAnswering
+    dtype = getattr(torch, model.get("dtype", "float32"))
+    if model.get("random_init"):
+        config._attn_implementation = model.get("attn_implementation", "sdpa")
+        return auto_class.from_config(config, dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier": expected, the head is what trains
+    try:
+        loaded, info = auto_class.from_pretrained(resolve(model["name_or_path"]), config=config, dtype=dtype,
+                                                  attn_implementation=model.get("attn_implementation", "sdpa"),
+                                                  output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # a frozen weight left at its random init would never be fixed by training: only the head may be new
+    missing = sorted(set(info["missing_keys"]) - set(head_parameter_names(loaded)))
+    if missing:
+        raise ModelNotFoundError(
+            f"model.name_or_path={model['name_or_path']!r}: the checkpoint lacks encoder weights "
+            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); they would stay random and frozen"
+        )
+    return loaded
+
+
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
+    head = {id(p) for p in trainable_head_parameters(model)}
+    return [name for name, p in model.named_parameters() if id(p) in head]
+
+
+class EncoderTaskModule(pl.LightningModule):
+    """Hyperparameters are names and numbers (``model``, ``method``, ``task_name`` as in the LM
+    module, so ``resume.read_checkpoint`` checks them the same way)."""
+
+    def __init__(
+        self, model: dict, method: dict, optim: dict, task_name: str, kind: str, labels: list[str] | None = None,
+        max_steps: int = 1000, max_answer_tokens: int = MAX_ANSWER_TOKENS,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints hold no frozen-encoder weights by design
+        encoder = load_encoder(model, kind, labels)
+        encoder.eval()  # no dropout: the same function in training and evaluation
+        encoder.requires_grad_(False)
+        for p in trainable_head_parameters(encoder):
+            p.requires_grad_(True)
+        self.prefixed = PrefixedEncoder(encoder)
+        self.is_prefix_method = method["name"] in PREFIX_METHODS
+        if self.is_prefix_method:
+            self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, encoder, None)
+        self._rows: dict[str, list[dict]] = {}
+        self.last_predictions: dict[str, list[dict]] = {}
+
+    # ---- state and accounting ------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """Only what trains (prefix encoder, head): the frozen encoder is rebuilt from its name, so
+        checkpoints stay small and ``resume.check_trainable_state`` compares exactly these tensors."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
+        return OrderedDict((k, v) for k, v in state.items() if not k.startswith(prefix + _FROZEN) or k in trainable)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.prefixed.model.eval()  # Lightning flips everything to train(); the encoder and head stay in eval
+        return self
+
+    def parameter_counts(self) -> dict[str, Any]:
+        head = sum(p.numel() for p in trainable_head_parameters(self.prefixed.model))
+        encoder = sum(p.numel() for p in self.prefixed.model.parameters()) - head
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        prefix = 0
+        if self.is_prefix_method:
+            prefix = sum(p.keys.numel() + p.values.numel() for p in self.prefixed.prefix_encoder().sites.values())
+        return {
+            "lm_params": encoder,  # the frozen encoder (the LM path's key, for one report format)
+            "head_params": head,
+            "trainable_params": trainable,
+            "total_params": sum(p.numel() for p in self.parameters()),
+            "exported_params": prefix + head,
+            "trainable_percent_of_lm": 100.0 * trainable / encoder,
+            "exported_percent_of_lm": 100.0 * (prefix + head) / encoder,
+        }
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def forward(self, batch: dict):
+        """Classification: logits [batch, labels]; extractive: start_logits, end_logits [batch, seq]."""
+        return self.prefixed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+    def _loss(self, batch: dict, out) -> torch.Tensor | None:
+        if self.hparams.kind == CLASSIFICATION:
+            return F.cross_entropy(out.logits, batch["labels"])
+        has = batch["has_span"]  # examples whose answer truncation cut off have no loss
+        if not has.any():
+            return None
+        # softmax over context tokens only, as decoding chooses: padding and question are no candidates,
+        # so an example's loss does not depend on how much padding its batch has
+        outside = ~batch["context_mask"][has]
+        start = F.cross_entropy(out.start_logits[has].masked_fill(outside, float("-inf")), batch["start_positions"][has])
+        end = F.cross_entropy(out.end_logits[has].masked_fill(outside, float("-inf")), batch["end_positions"][has])
+        return (start + end) / 2
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, self(batch))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower optim.lr")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optim = self.hparams.optim
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=optim["lr"], weight_decay=optim["weight_decay"], betas=tuple(optim["betas"]))
+        scheduler = get_linear_schedule_with_warmup(optimizer, optim["warmup_steps"], self.hparams.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def predict_text(self, batch: dict, out) -> list[str]:
+        if self.hparams.kind == CLASSIFICATION:
+            return [self.hparams.labels[i] for i in out.logits.argmax(dim=-1).tolist()]
+        starts, ends = best_span(out.start_logits, out.end_logits, batch["context_mask"], self.hparams.max_answer_tokens)
+        return [span_text(c, o, s, e) for c, o, s, e in zip(batch["contexts"], batch["offsets"], starts.tolist(), ends.tolist())]
+
+    def _eval_step(self, stage: str, batch: dict) -> None:
+        out = self(batch)
+        loss = self._loss(batch, out)
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, batch_size=batch["input_ids"].shape[0])
+        rows = self._rows.setdefault(stage, [])
+        for i, prediction in enumerate(self.predict_text(batch, out)):
+            rows.append({"id": batch["ids"][i], "input": batch["sources"][i], "prediction": prediction,
+                         "references": list(batch["references"][i])})
+
+    def score(self, rows: list[dict]) -> dict[str, float]:
+        predictions, references = [r["prediction"] for r in rows], [tuple(r["references"]) for r in rows]
+        if self.hparams.kind == CLASSIFICATION:
+            return classification(predictions, references, tuple(self.hparams.labels))
+        return squad(predictions, references)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        rows = self._rows.pop(stage, [])
+        if rows:
+            for name, value in self.score(rows).items():
+                self.log(f"{stage}/{name}", value)
+            self.last_predictions[stage] = rows
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---- export --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, directory: Path) -> Path:
+        """Head (and prefix activations, for prefix methods) into ``directory``, atomically."""
+        from safetensors.torch import save_file
+
+        hp = self.hparams
+        model = self.prefixed.model
+        names = head_parameter_names(model)
+        params = dict(model.named_parameters())
+        head = {name: params[name].detach().float().cpu().contiguous() for name in names}
+        config = {
+            "format": HEAD_FORMAT, "format_version": HEAD_FORMAT_VERSION, "base_model": hp.model["name_or_path"],
+            "model_class": type(model).__name__, "kind": hp.kind, "labels": list(hp.labels) if hp.labels else None,
+            "task": hp.task_name, "method": hp.method["name"], "max_answer_tokens": hp.max_answer_tokens,
+            "tensors": names,
+        }
+        exported = self._exported_prefix() if self.is_prefix_method else None
+
+        def fill(work: Path) -> None:
+            if exported is not None:
+                staged = save_prefix(work / "prefix", exported)  # the LM path's format, files moved up
+                for path in staged.iterdir():
+                    path.rename(work / path.name)
+                staged.rmdir()
+            save_file(head, str(work / HEAD_WEIGHTS))
+            (work / HEAD_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+        return atomic_replace_dir(Path(directory), fill)
+
+    def _exported_prefix(self) -> ExportedPrefix:
+        encoder = self.prefixed.prefix_encoder
+        was_training = encoder.training
+        encoder.eval()  # no dropout in what is exported
+        activations = encoder().detached()
+        encoder.train(was_training)
+        geometry = self.prefixed.geometry
+        return ExportedPrefix(
+            activations=activations,
+            geometry=PrefixGeometry(geometry.model_type, {n: geometry.sites[n] for n in activations.sites}),
+            base_model=self.hparams.model["name_or_path"], prefix_length=self.hparams.method["prefix_length"],
+            method=self.hparams.method["name"], metadata={"task": self.hparams.task_name, "head": HEAD_WEIGHTS},
+        )
+
+
+def read_head_config(directory: Path) -> dict:
+    path = Path(directory) / HEAD_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PrefixFormatError(f"{directory} is not an encoder export: {HEAD_CONFIG} unreadable ({error})") from error
+    if config.get("format") != HEAD_FORMAT or config.get("format_version") != HEAD_FORMAT_VERSION:
+        raise PrefixFormatError(f"{path}: format {config.get('format')!r} version {config.get('format_version')!r}, "
+                                f"expected {HEAD_FORMAT} version {HEAD_FORMAT_VERSION}")
+    return config
+
+
+def attach_export(model: torch.nn.Module, directory: Path):
+    """Load an export's head into ``model`` (a task model of the export's class) and return its
+    prefix (``PrefixActivations``, or None for method=head) to pass as ``PrefixedEncoder(..., prefix=)``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = read_head_config(directory)
+    if type(model).__name__ != config["model_class"]:
+        raise PrefixFormatError(f"{directory} holds a head for {config['model_class']}, not {type(model).__name__}")
+    tensors = load_file(str(directory / HEAD_WEIGHTS))
+    params = dict(model.named_parameters())
+    for name in config["tensors"]:
+        if name not in params or name not in tensors or params[name].shape != tensors[name].shape:
+            raise PrefixFormatError(f"{directory / HEAD_WEIGHTS}: head tensor {name!r} missing or of another shape than the model's")
+        with torch.no_grad():
+            params[name].copy_(tensors[name])
+    if not (directory / "prefix_config.json").is_file():
+        return None
+    geometry = adapter_for_model_type(model.config.model_type).geometry(model)
+    return load_prefix(directory, expected_geometry=geometry.restricted_to(["encoder_self"])).activations
+
+
+def load_encoder_export(directory: Path, model: dict | None = None):
+    """(PrefixedEncoder with the export's head, its prefix or None, tokenizer, head config) for an exported
+    run: ``wrapped(**tokenizer(...), prefix=prefix)``.
+    ``model``: the model section to load (default: the export's base model, float32)."""
+    from .model_loading import load_tokenizer
+
+    config = read_head_config(directory)
+    model = model or {"name_or_path": config["base_model"]}
+    encoder = load_encoder(model, config["kind"], config["labels"]).eval()
+    prefix = attach_export(encoder, directory)
+    return PrefixedEncoder(encoder).eval(), prefix, load_tokenizer(model["name_or_path"]), config
+
+
+def build_encoder_run(settings, resolved: dict) -> tuple[EncoderDataModule, EncoderTaskModule]:
+    """The encoder counterparts of the LM path's datamodule and module; the data is loaded (and
+    checked) before the encoder, so a bad task or dataset fails before any weights load."""
+    task = settings.task
+    datamodule = EncoderDataModule(
+        task.name, settings.model.name_or_path, task.max_source_tokens, task.train_size, task.val_size, task.test_size,
+        task.subset_seed, task.batch_size, task.eval_batch_size, seed=settings.seed, task_options=task_options(task),
+    )
+    datamodule.setup("fit")
+    module = EncoderTaskModule(
+        model=resolved["model"], method=resolved["method"], optim=resolved["optim"], task_name=task.name,
+        kind=datamodule.kind, labels=list(datamodule.labels) if datamodule.labels else None,
+        max_steps=settings.trainer.max_steps,
+    )
+    return datamodule, module

@@ -1,0 +1,514 @@
+"""prefixlab-report: one table, the best jobs and the plots of a sweep.
+
+    prefixlab-report multirun/2026-11-28/18-51-22-334819_p25418        # writes into the sweep folder
+    prefixlab-report 'multirun/2026-11-28/*' --out reports/prefix_len   # several sweeps, one report
+    make report                                                         # the newest sweep under multirun/
+
+Reads every job folder (``<sweep>/<n>/``): ``.hydra/overrides.yaml`` and ``config.yaml``,
+``metrics.json`` (status, metrics, parameter counts, runtime) and the step log
+(``csv/metrics.csv``, or the W&B offline log for ``logger=wandb``). Writes ``report.md``,
+``report.csv`` and PNG plots: metric vs prefix length per method (the paper's Figure 4) when
+``method.prefix_length`` varies, metric vs training-set size (the low-data figure) when
+``task.train_size`` varies, and the loss curves. Failed and unfinished jobs are rows with
+their status; they never stop the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import math
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .artifacts import atomic_write, atomic_write_text
+
+NO_METRICS = "no metrics.json (running or killed)"
+PARAMETER_COLUMNS = ("trainable_params", "exported_params", "trainable_percent_of_lm")
+# Axes of the two figures: the override key, its label, and whether the x axis is logarithmic.
+PREFIX_LENGTH, TRAIN_SIZE = "method.prefix_length", "task.train_size"
+
+
+class ReportError(ValueError):
+    """An input the report cannot use at all (one line, naming the file)."""
+
+
+@dataclass
+class Job:
+    path: Path
+    label: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)  # config-group choices (method: prefix), from hydra.yaml
+    metrics: dict | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # unreadable files, shown in the error column
+
+    @property
+    def status(self) -> str:
+        if self.metrics is None:
+            return "unreadable" if any("metrics.json" in p for p in self.problems) else NO_METRICS
+        return str(self.metrics.get("status", "unknown"))
+
+    @property
+    def error(self) -> str:
+        return "; ".join([*([str(self.metrics["error"])] if self.metrics and self.metrics.get("error") else []), *self.problems])
+
+    def setting(self, key: str) -> Any:
+        """The value of a dotted key as this job ran it: a group's choice, else the resolved config's value,
+        else the override as typed."""
+        if key in self.choices:
+            return self.overrides.get(key, self.choices[key])
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return self.overrides.get(key)
+            node = node[part]
+        return node
+
+
+# ---- reading -------------------------------------------------------------------------------
+def _warn(message: str) -> None:
+    print(f"prefixlab-report: warning: {message}", file=sys.stderr)
+
+
+def _read_yaml(path: Path, job: Job) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        job.problems.append(f"unreadable {path}")
+        _warn(f"{path}: not valid YAML ({str(error).splitlines()[0]})")
+        return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def read_csv_history(run_dir: Path) -> list[dict[str, float]]:
+    """Lightning's CSV log, with the logs a resumed run set aside first (``metrics.until-*.csv``)."""
+    files = sorted(run_dir.glob("csv/metrics.until-*.csv")) + [run_dir / "csv" / "metrics.csv"]
+    rows = []
+    for path in files:
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                numbers = {k: n for k, v in row.items() if k and v not in ("", None) and (n := _number(v)) is not None}
+                if numbers:
+                    rows.append(numbers)
+    return rows
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of a W&B transaction log (``run-<id>.wandb``, what offline mode writes).
+
+    The file is ``:W&B`` + 2 magic bytes + a version byte, then LevelDB's log format: 32 KiB
+    blocks of chunks (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last), each record a
+    ``wandb_internal_pb2.Record``. wandb has no public reader for it (``wandb sync`` replays it)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ReportError(f"{path} is not a W&B transaction log")
+    block, position, pending = 32768, 7, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            position += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            position += left
+            continue
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 1:
+            payload = chunk
+        elif kind == 2:
+            pending = chunk
+            continue
+        elif kind == 3:
+            pending += chunk
+            continue
+        elif kind == 4:
+            payload, pending = pending + chunk, b""
+        else:
+            raise ReportError(f"{path}: unknown chunk type {kind} at byte {position - length - 7}")
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        yield record
+
+
+def _items(items) -> dict[str, Any]:
+    """Record items as a dict; W&B flattens a logged dict (a table's reference) into items with a
+    ``nested_key`` path (``["val/samples", "path"]``), put back together here."""
+    out: dict[str, Any] = {}
+    for item in items:
+        path = [item.key] if item.key else list(item.nested_key)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = json.loads(item.value_json)
+    return out
+
+
+def read_wandb_run(path: Path) -> dict[str, Any]:
+    """A W&B offline run's run record (name, group, tags), config, summary, history rows and exit code."""
+    run: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "exit_code": None}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(name=record.run.display_name, group=record.run.run_group, tags=list(record.run.tags))
+        elif kind == "config":
+            run["config"].update(_items(record.config.update))
+        elif kind == "summary":
+            run["summary"].update(_items(record.summary.update))
+        elif kind == "history":
+            run["history"].append(_items(record.history.item))
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
+    return run
+
+
+def read_wandb_history(run_dir: Path) -> list[dict[str, float]]:
+    logs = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
+    if not logs:
+        return []
+    rows = []
+    for row in read_wandb_run(logs[-1])["history"]:
+        numbers = {k: n for k, v in row.items() if not isinstance(v, (dict, list)) and (n := _number(v)) is not None}
+        if "trainer/global_step" in numbers:
+            numbers["step"] = numbers["trainer/global_step"]
+        rows.append(numbers)
+    return rows
+
+
+def _resolved(config: dict) -> dict:
+    """Hydra saves the config with its interpolations (``optimized_metric: test/${task.primary_metric}``)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    except Exception:  # an interpolation that needs the run (a custom resolver): keep it as written
+        return config
+
+
+def read_job(path: Path, label: str) -> Job:
+    job = Job(path=path, label=label)
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml", job) or []
+    for item in overrides if isinstance(overrides, list) else []:
+        key, _, value = str(item).partition("=")
+        job.overrides[key.lstrip("+~")] = value
+    config = _read_yaml(path / ".hydra" / "config.yaml", job)
+    job.config = _resolved(config) if isinstance(config, dict) else {}
+    hydra = _read_yaml(path / ".hydra" / "hydra.yaml", job) or {}
+    choices = hydra.get("hydra", {}).get("runtime", {}).get("choices", {}) if isinstance(hydra, dict) else {}
+    job.choices = {k: str(v) for k, v in choices.items() if not k.startswith("hydra/")}
+    metrics_file = path / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+            if not isinstance(metrics, dict):
+                raise ValueError("not a JSON object")
+            job.metrics = metrics
+        except (OSError, ValueError) as error:
+            job.problems.append(f"unreadable {metrics_file}")
+            _warn(f"{metrics_file}: not valid JSON ({error}); the job is listed as unreadable")
+    try:
+        job.history = read_csv_history(path) or read_wandb_history(path)
+    except (OSError, ValueError, csv.Error, ReportError) as error:
+        job.problems.append(f"unreadable step log in {path}")
+        _warn(f"{path}: step log unreadable ({error})")
+    return job
+
+
+def _is_job_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").exists())
+
+
+def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
+    """The job folders of each sweep, in job-number order; a run folder itself counts as one job."""
+    jobs = []
+    for sweep in sweep_dirs:
+        if not sweep.is_dir():
+            raise ReportError(f"{sweep} is not a directory")
+        found = [sweep] if _is_job_dir(sweep) else sorted(
+            (p for p in sweep.iterdir() if _is_job_dir(p)), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        if not found:
+            raise ReportError(f"{sweep} has no job folders (expected <sweep>/<job number>/ with .hydra/ or metrics.json)")
+        for path in found:
+            label = path.name if len(sweep_dirs) == 1 else f"{sweep.name}/{path.name}"
+            jobs.append(read_job(path, label))
+    return jobs
+
+
+# ---- the table -----------------------------------------------------------------------------
+def varying_overrides(jobs: list[Job]) -> list[str]:
+    """Override keys whose value is not the same in every job (a job without it ran the default)."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    return [k for k in keys if len({_text(job.setting(k)) for job in jobs}) > 1]
+
+
+def metric_names(jobs: list[Job]) -> list[str]:
+    names = {k for job in jobs if job.metrics for k, v in job.metrics.items()
+             if k.startswith(("val/", "test/")) and _number(v) is not None and not isinstance(v, bool)}
+    primary = primary_metric(jobs)
+    return sorted(names, key=lambda k: (k != primary, not k.startswith("test/"), "zero_shot" in k, k))
+
+
+def primary_metric(jobs: list[Job]) -> str | None:
+    """The sweep's optimized metric (``optimized_metric`` in the jobs' config), if the jobs logged it."""
+    for job in jobs:
+        name = job.config.get("optimized_metric")
+        if name and any(other.metrics and name in other.metrics for other in jobs):
+            return name
+    return None
+
+
+LOWER_IS_BETTER = {"loss", "perplexity", "ppl", "error", "wer", "cer", "ter"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and error rates go down; every other metric (ROUGE, BLEU, accuracy, F1) goes up."""
+    return bool(LOWER_IS_BETTER.intersection(metric.rsplit("/", 1)[-1].lower().split("_")))
+
+
+def best_jobs(jobs: list[Job], metrics: list[str]) -> dict[str, tuple[Job, float, int]]:
+    """The best completed job per metric, its value and how many jobs tie with it (zero-shot
+    metrics left out: they do not depend on the training); ties go to the first job."""
+    best = {}
+    for metric in metrics:
+        if "zero_shot" in metric:
+            continue
+        scored = [(job, value) for job in jobs if job.status == "completed" and job.metrics
+                  and (value := _number(job.metrics.get(metric))) is not None and math.isfinite(value)]
+        if scored:
+            sign = 1 if lower_is_better(metric) else -1
+            job, value = min(scored, key=lambda pair: sign * pair[1])
+            best[metric] = (job, value, sum(v == value for _, v in scored))
+    return best
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows: job, the varying overrides, status, metrics, parameter counts, steps, runtime, error."""
+    keys, metrics = varying_overrides(jobs), metric_names(jobs)
+    columns = ["job", *keys, "status", *metrics, *PARAMETER_COLUMNS, "steps", "runtime_s", "error"]
+    rows = []
+    for job in jobs:
+        m = job.metrics or {}
+        rows.append([job.label, *[job.setting(k) for k in keys], job.status, *[m.get(k) for k in metrics],
+                     *[m.get(k) for k in PARAMETER_COLUMNS], m.get("steps", m.get("step")), m.get("runtime_s"), job.error])
+    return columns, rows
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _text(value).replace("|", "\\|").replace("\n", " ")[:160]
+    if column.endswith("_params"):
+        return f"{int(value):,}"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(columns, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def csv_text(columns: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[_text(v) for v in row] for row in rows])
+    return out.getvalue()
+
+
+# ---- plots ---------------------------------------------------------------------------------
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(6.4, 4.2), dpi=120)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def series_by(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float]]]:
+    """Points (value of ``key``, ``metric``) of the completed jobs, one series per combination of the
+    other varying overrides (``method=prefix``, ``method=prefix_flat``), each sorted by x."""
+    others = [k for k in varying_overrides(jobs) if k != key]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for job in jobs:
+        x, y = _number(job.setting(key)), _number((job.metrics or {}).get(metric))
+        if job.status == "completed" and x is not None and y is not None and math.isfinite(y):
+            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={_text(job.setting(k))}" for k in others) or metric
+            series.setdefault(name, []).append((x, y))
+    return {name: sorted(points) for name, points in sorted(series.items())}
+
+
+def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x: bool = False) -> str | None:
+    """``metric`` against the value of ``key``, one line per combination of the other varying
+    overrides (for prefix length: per method). Returns why it was skipped, or None."""
+    series = series_by(jobs, key, metric)
+    if len({x for points in series.values() for x, _ in points}) < 2:
+        return f"`{key}` does not take two values among the completed jobs"
+    plt, fig, ax = _figure()
+    for name, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(plt, fig, path)
+    return None
+
+
+def loss_curves(jobs: list[Job], path: Path) -> str | None:
+    """train/loss per step for every job that logged it (validation loss as points)."""
+    keys = varying_overrides(jobs)
+    labelled = {id(job): varying_label(job, keys) for job in jobs}
+    curves = [(job, [(r["step"], r["train/loss"]) for r in job.history if "train/loss" in r and "step" in r],
+               [(r["step"], r["val/loss"]) for r in job.history if "val/loss" in r and "step" in r]) for job in jobs]
+    curves = [c for c in curves if c[1] or c[2]]
+    if not curves:
+        return "no job logged train/loss or val/loss per step (csv/metrics.csv or a W&B offline log)"
+    plt, fig, ax = _figure()
+    for number, (job, train, val) in enumerate(curves):
+        color = f"C{number % 10}"
+        ax.plot([s for s, _ in train], [v for _, v in train], color=color, label=labelled[id(job)])
+        ax.plot([s for s, _ in val], [v for _, v in val], linestyle="--", marker="o", color=color,
+                label=None if train else labelled[id(job)])
+    ax.set_title("train/loss (lines), val/loss (dots)", fontsize="medium")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    fig.set_size_inches(9.6, 4.2)  # room for the legend beside the axes
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(plt, fig, path)
+    return None
+
+
+def varying_label(job: Job, keys: list[str]) -> str:
+    """``3: prefix_length=10, method=prefix``: the job and what sets it apart."""
+    return f"{job.label}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_text(job.setting(k))}" for k in keys) if keys else job.label
+
+
+# ---- the report ----------------------------------------------------------------------------
+def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -> Path:
+    jobs = find_jobs(sweep_dirs)
+    columns, rows = table(jobs)
+    metrics = metric_names(jobs)
+    metric = metric or primary_metric(jobs) or next((m for m in metrics if m.startswith("test/")), None) or (metrics[0] if metrics else None)
+    best = best_jobs(jobs, metrics)
+    keys = varying_overrides(jobs)
+
+    plots, skipped = [], []
+    figures = [("metric_vs_prefix_length.png", f"{metric} vs prefix length", PREFIX_LENGTH, False),
+               ("metric_vs_train_size.png", f"{metric} vs training-set size", TRAIN_SIZE, True)]
+    for name, title, key, log_x in figures:
+        why = "no job has a metric" if metric is None else metric_vs_setting(jobs, key, metric, out / name, log_x)
+        if why:
+            skipped.append((title, why))
+            (out / name).unlink(missing_ok=True)  # a figure from an earlier report of this folder
+        else:
+            plots.append((title, name))
+    why = loss_curves(jobs, out / "loss_curves.png")
+    if why:
+        skipped.append(("loss curves", why))
+        (out / "loss_curves.png").unlink(missing_ok=True)
+    else:
+        plots.append(("loss curves", "loss_curves.png"))
+
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    lines = [
+        "# Sweep report",
+        "",
+        "Sweep: " + ", ".join(f"`{d}`" for d in sweep_dirs),
+        "",
+        f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
+        "",
+        markdown_table(columns, rows),
+        "",
+        "## Best job per metric",
+        "",
+    ]
+    if best:
+        lines += ["| metric | better | job | value |", "|---|---|---|---|"]
+        lines += [f"| {m} | {'lower' if lower_is_better(m) else 'higher'} | {varying_label(job, keys)}"
+                  f"{f' (tied with {ties - 1} more)' if ties > 1 else ''} | {value:.4g} |"
+                  for m, (job, value, ties) in best.items()]
+    else:
+        lines.append("No completed job has a metric.")
+    lines += ["", "## Plots", ""]
+    lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
+    lines += [f"- skipped {title}: {why}" for title, why in skipped]
+    atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+    atomic_write_text(out / "report.csv", csv_text(columns, rows))
+    return out / "report.md"
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    """Paths and globs, in the order given; a glob that matches nothing is kept (and reported as missing)."""
+    dirs = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        dirs += [Path(m) for m in (matches or [pattern])]
+    return list(dict.fromkeys(dirs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prefixlab-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="multirun folder(s) or a glob of them")
+    parser.add_argument("--out", type=Path, help="where report.md, report.csv and the plots go (default: the sweep folder)")
+    parser.add_argument("--metric", help="the metric of the plots (default: the sweep's optimized_metric)")
+    args = parser.parse_args(argv)
+    sweeps = expand(args.sweeps)
+    try:
+        if args.out is None and len(sweeps) > 1:
+            raise ReportError(f"{len(sweeps)} sweep folders given: choose where the report goes with --out")
+        report = build_report(sweeps, args.out or sweeps[0], args.metric)
+    except (ReportError, OSError) as error:
+        sys.exit(f"prefixlab-report: error: {error}")
+    print(f"report: {report} (report.csv and plots beside it)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Packed sweeps (launcher=packed): jobs trained together equal the same jobs trained alone.
+
+The tiny SmolLM2-shaped model is saved once as a local "pretrained" folder, so that the
+frozen LM does not depend on the seed and jobs with different seeds share it (a random-init
+LM is drawn from the seed: its jobs pack only with jobs of the same seed).
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from prefixlab.config import register_configs
+from prefixlab.engine.export import load_prefix
+from prefixlab.packed import PackedJob, pack_key, packing_problem, train_packed
+from prefixlab.train import CONFIG_DIR, train
+
+from tests.pipeline.helpers import TINY_CLI, load_tiny_lm
+
+COMMON = [
+    "task.train_size=16", "task.val_size=4", "task.test_size=4", "task.max_source_tokens=48",
+    "task.eval_batch_size=4", "generation.max_new_tokens=4", "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1", "eval_zero_shot=false",
+]
+# Different lengths, reparameterizations, methods, learning rates, schedules, seeds, batch sizes
+# and step counts; B's 5 examples in batches of 3 cross an epoch boundary within its 3 steps;
+# C's tight clipping is active, so clipping over all jobs' gradients together would show.
+JOBS = {
+    "A_prefix_mlp": ["method=prefix", "method.prefix_length=4", "method.mid_dim=32", "optim.lr=1e-2", "seed=1",
+                     "task.batch_size=4", "trainer.max_steps=3"],
+    "B_prefix_flat": ["method=prefix_flat", "method.prefix_length=2", "optim.lr=5e-3", "optim.warmup_steps=1", "seed=2",
+                      "task.batch_size=3", "task.train_size=5", "trainer.max_steps=3"],
+    "C_infix": ["method=infix", "method.prefix_length=6", "method.mid_dim=16", "optim.lr=2e-2", "optim.weight_decay=0.1",
+                "seed=3", "task.batch_size=4", "trainer.max_steps=2", "trainer.gradient_clip_val=0.05"],
+    "D_embedding": ["method=embedding", "method.prefix_length=3", "optim.lr=1e-1", "seed=4", "task.batch_size=2",
+                    "trainer.max_steps=3"],
+}
+
+
+def compose_job(overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def packed_job(cfg, run_dir: Path) -> PackedJob:
+    return PackedJob(settings=OmegaConf.to_object(cfg), resolved=OmegaConf.to_container(cfg, resolve=True), run_dir=run_dir)
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [(int(row["step"]), float(row["train/loss"])) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """The tiny random model as a local model folder: loading it draws no random numbers."""
+    from prefixlab.model_loading import SMOLLM2, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_pretrained")
+    torch.manual_seed(0)
+    load_tiny_lm().save_pretrained(folder)
+    load_tokenizer(SMOLLM2).save_pretrained(folder)
+    return folder
+
+
+def model_overrides(folder: Path) -> list[str]:
+    return [f"model.name_or_path={folder}", "model.random_init=false", "model.config_overrides={}"]
+
+
+@pytest.fixture(scope="module")
+def packed_and_alone(tiny_pretrained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("equality")
+    configs = {name: compose_job([*model_overrides(tiny_pretrained), *COMMON, *overrides]) for name, overrides in JOBS.items()}
+    alone = {}
+    for name, cfg in configs.items():
+        train(cfg, root / "alone" / name)
+        alone[name] = root / "alone" / name
+    packed = {name: root / "packed" / name for name in configs}
+    results = train_packed([packed_job(cfg, packed[name]) for name, cfg in configs.items()])
+    return packed, alone, dict(zip(configs, results))
+
+
+def test_packed_jobs_have_the_per_step_losses_of_separate_runs(packed_and_alone):
+    packed, alone, results = packed_and_alone
+    assert all(r["status"] == "completed" for r in results.values()), results
+    curves = {}
+    for name in JOBS:
+        expected, got = logged_losses(alone[name]), logged_losses(packed[name])
+        assert [s for s, _ in got] == [s for s, _ in expected], name  # logged at the same steps
+        steps = int(dict(o.split("=") for o in JOBS[name])["trainer.max_steps"])
+        assert len(got) == steps, name  # each job stopped after its own max_steps
+        assert torch.allclose(torch.tensor([l for _, l in got]), torch.tensor([l for _, l in expected]),
+                              rtol=1e-5, atol=1e-6), (name, got, expected)
+        curves[name] = [l for _, l in got]
+    # the updates change the loss (so the later steps really test the optimizers), and the jobs differ
+    assert all(abs(c[-1] - c[0]) > 1e-4 for c in curves.values()), curves
+    assert len({round(c[0], 5) for c in curves.values()}) == len(curves)
+
+
+def test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs(packed_and_alone):
+    packed, alone, results = packed_and_alone
+    for name in JOBS:
+        mine, reference = load_prefix(packed[name] / "prefix"), load_prefix(alone[name] / "prefix")
+        assert mine.prefix_length == reference.prefix_length and mine.method == reference.method
+        for site, expected in reference.activations.sites.items():
+            got = mine.activations.sites[site]
+            assert torch.allclose(got.keys, expected.keys, rtol=1e-4, atol=1e-5), name
+            assert torch.allclose(got.values, expected.values, rtol=1e-4, atol=1e-5), name
+        single = json.loads((alone[name] / "metrics.json").read_text())
+        for key in ("steps", "trainable_params", "exported_params", "lm_params"):
+            assert results[name][key] == single[key], (name, key)
+        for key in ("val/loss", "test/loss"):
+            assert math.isclose(results[name][key], single[key], rel_tol=1e-5), (name, key)
+        rows = [json.loads(line) for line in (packed[name] / "predictions.jsonl").read_text().splitlines()]
+        expected_rows = [json.loads(line) for line in (alone[name] / "predictions.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in rows] == [r["id"] for r in expected_rows]
+        assert [r["prediction"] for r in rows] == [r["prediction"] for r in expected_rows], name
+        assert results[name]["packed_jobs"] == len(JOBS)
+
+
+def _random_batch(rows: int, width: int, vocab: int, generator: torch.Generator) -> dict:
+    """A left-padded batch whose rows have different lengths; the last 1-3 real tokens are targets."""
+    input_ids = torch.randint(0, vocab, (rows, width), generator=generator)
+    attention_mask = torch.zeros(rows, width, dtype=torch.long)
+    labels = torch.full((rows, width), -100)
+    for row in range(rows):
+        length = int(torch.randint(5, width + 1, (1,), generator=generator))
+        targets = int(torch.randint(1, 4, (1,), generator=generator))
+        attention_mask[row, width - length:] = 1
+        labels[row, width - targets:] = input_ids[row, width - targets:]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_each_prefix_gets_the_gradient_of_its_own_loss_alone():
+    """One packed forward over three jobs' batches (different sizes, widths, prefix lengths; one
+    infix): each job's loss equals ``target_loss`` of its batch alone, and backward of their sum
+    gives each prefix exactly the gradient of its own loss (no leak between jobs, no 1/K scale:
+    AdamW would hide a scale in the loss curves, this would not). A diverged job's nan stays its own."""
+    from types import SimpleNamespace
+
+    from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+    from prefixlab.methods import with_visibility
+    from prefixlab.packed import _forward_backward
+
+    torch.manual_seed(0)
+    lm = load_tiny_lm().requires_grad_(False).eval()
+    shared = PrefixedCausalLM(lm)
+    geometry = shared.geometry
+    encoders = [MLPPrefix(geometry, 4, 64, 32), FlatPrefix(geometry, 2, init_std=0.5), MLPPrefix(geometry, 6, 64, 16),
+                FlatPrefix(geometry, 3)]
+    with torch.no_grad():  # a fourth job that diverged: its loss is nan, it must not touch the others
+        encoders[3].rows["decoder_self"].fill_(float("nan"))
+    methods = ["prefix", "prefix_flat", "infix", "prefix_flat"]
+    generator = torch.Generator().manual_seed(1)
+    batches = [_random_batch(rows, width, lm.config.vocab_size, generator)
+               for rows, width in ((3, 9), (2, 14), (4, 7), (2, 8))]
+    running = [SimpleNamespace(encoder=e, step=0, error=None,
+                               job=SimpleNamespace(settings=SimpleNamespace(method=SimpleNamespace(name=m))))
+               for e, m in zip(encoders, methods)]
+    finite = _forward_backward(running, batches, shared, 0, torch.device("cpu"), "32-true")
+    assert [r.encoder for r, _ in finite] == encoders[:3]
+    assert isinstance(running[3].error, FloatingPointError) and "loss is nan" in str(running[3].error)
+    losses = [loss for _, loss in finite]
+    packed_grads = [[p.grad.clone() for p in e.parameters()] for e in encoders[:3]]
+    for encoder, method, batch, loss, grads in zip(encoders, methods, batches, losses, packed_grads):
+        encoder.zero_grad()
+        own = encoder()
+        if method == "infix":
+            own = with_visibility(own, (batch["labels"] != -100).long().argmax(dim=1) - 1)
+        alone = shared.target_loss(batch["input_ids"], batch["attention_mask"], batch["labels"], prefix=own)
+        alone.backward()
+        assert torch.allclose(loss, alone, rtol=1e-5), (method, loss, alone)
+        for got, p in zip(grads, encoder.parameters()):
+            assert p.grad.abs().max() > 0
+            assert (got - p.grad).norm() <= 1e-4 * p.grad.norm(), (method, (got - p.grad).norm() / p.grad.norm())
+
+
+def test_the_prefixes_start_where_separate_runs_start(tiny_pretrained, tmp_path):
+    """Regression: each job's prefix init comes from its own seed, not from the RNG state the
+    previous job's module left (max_steps=1 with a tiny lr: the export is nearly the init)."""
+    jobs = [JOBS["A_prefix_mlp"], [*JOBS["A_prefix_mlp"], "seed=7"]]
+    configs = [compose_job([*model_overrides(tiny_pretrained), *COMMON, *o, "trainer.max_steps=1", "optim.lr=1e-8"])
+               for o in jobs]
+    train_packed([packed_job(cfg, tmp_path / str(i)) for i, cfg in enumerate(configs)])
+    train(configs[1], tmp_path / "alone")
+    got, expected = load_prefix(tmp_path / "1" / "prefix"), load_prefix(tmp_path / "alone" / "prefix")
+    assert torch.allclose(got.activations.sites["decoder_self"].keys, expected.activations.sites["decoder_self"].keys, atol=1e-6)
+    other = load_prefix(tmp_path / "0" / "prefix")
+    assert not torch.allclose(other.activations.sites["decoder_self"].keys, got.activations.sites["decoder_self"].keys)
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish_unaffected(tmp_path):
+    """A job that diverges (lr 1e37: finite for a few steps, then nan) and one with a bad value
+    fail alone; the third job's losses equal its separate run's."""
+    tiny = [*TINY_CLI, *COMMON, "trainer.max_steps=6"]
+    configs = [compose_job([*tiny, "optim.lr=1e37"]), compose_job([*tiny, "method.prefix_length=0"]), compose_job(tiny)]
+    results = train_packed([packed_job(cfg, tmp_path / str(i)) for i, cfg in enumerate(configs)])
+    diverged, bad, fine = results
+    assert diverged["status"] == "failed" and "loss is nan" in diverged["error"], diverged
+    assert 0 < diverged["step"] < 6 and diverged["exported_step"] < diverged["step"]
+    last_good = load_prefix(tmp_path / "0" / "prefix").activations.sites["decoder_self"]
+    assert torch.isfinite(last_good.keys).all() and torch.isfinite(last_good.values).all()
+    assert bad["status"] == "failed" and "method.prefix_length=0" in bad["error"]
+    assert json.loads((tmp_path / "1" / "metrics.json").read_text())["status"] == "failed"
+    assert fine["status"] == "completed" and fine["steps"] == 6 and fine["packed_jobs"] == 2
+    assert (tmp_path / "2" / "predictions.jsonl").is_file() and (tmp_path / "2" / "prefix" / "prefix.safetensors").is_file()
+    train(configs[2], tmp_path / "alone")
+    got, expected = logged_losses(tmp_path / "2"), logged_losses(tmp_path / "alone")
+    assert torch.allclose(torch.tensor([l for _, l in got]), torch.tensor([l for _, l in expected]), rtol=1e-5, atol=1e-6)
+
+
+def test_methods_that_train_the_lm_and_unsupported_settings_are_refused():
+    base = [*TINY_CLI]
+    for overrides, expected in (
+        (["method=lora"], "method=lora trains the LM"),
+        (["method=finetune"], "method=finetune trains the LM"),
+        (["resume=auto"], "resume is not supported"),
+        (["trainer.val_check_interval=2"], "val_check_interval"),
+        (["trainer.accumulate_grad_batches=2"], "accumulate_grad_batches"),
+    ):
+        problem = packing_problem(OmegaConf.to_object(compose_job([*base, *overrides])))
+        assert problem and expected in problem, (overrides, problem)
+    assert packing_problem(OmegaConf.to_object(compose_job(base))) is None
+
+
+def test_jobs_pack_when_they_can_share_the_lm(tiny_pretrained):
+    def key(*overrides):
+        return pack_key(OmegaConf.to_object(compose_job([*TINY_CLI, *overrides])))
+
+    # a random-init LM is drawn from the seed: other seeds, other LM
+    assert key("seed=1") != key("seed=2")
+    assert key("seed=1", "optim.lr=1e-3", "method.prefix_length=2", "task.batch_size=2") == key("seed=1")
+    pretrained = model_overrides(tiny_pretrained)
+    assert key(*pretrained, "seed=1", "method=prefix_flat") == key(*pretrained, "seed=2")
+    assert key(*pretrained) != key(*pretrained, "model.dtype=bfloat16")
+
+
+# ---- the CLI: prefixlab-train -m ... launcher=packed ----------------------------------------------
+def run_cli(args, cwd, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
+    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "eval_zero_shot=false", "method.prefix_length=0,2,4"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "multirun").glob("*/*"))
+    assert (sweep / "multirun.yaml").is_file()
+    assert "packed: 2 jobs share one llama LM" in result.stdout
+    for num, length in enumerate((0, 2, 4)):
+        run_dir = sweep / str(num)
+        overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+        assert f"method.prefix_length={length}" in overrides and "launcher=packed" in overrides
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert config.method.prefix_length == length
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        if length == 0:  # a bad value fails its job only, with the one-line message
+            assert metrics["status"] == "failed" and "method.prefix_length=0 is out of range" in metrics["error"]
+            continue
+        assert metrics["status"] == "completed" and metrics["steps"] == 3 and metrics["packed_jobs"] == 2
+        assert load_prefix(run_dir / "prefix").prefix_length == length
+        assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 4
+        assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert "method.prefix_length=0 is out of range" in result.stderr
+
+
+def test_cli_refuses_a_packed_sweep_over_lm_training_methods_before_anything_loads(tmp_path):
+    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "method=prefix,lora"], tmp_path, timeout=300)
+    assert result.returncode != 0
+    assert "method=lora trains the LM that packed jobs share" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Loading weights" not in result.stdout + result.stderr
+    assert not [d for d in tmp_path.glob("multirun/*/*/*") if d.is_dir()]  # no job folder was made
+
+
+def test_cli_jobs_that_cannot_share_an_lm_run_alone(tmp_path):
+    """Two seeds of the random-init model: two LMs, so each job is an ordinary single run
+    (which writes a checkpoint; packed jobs do not)."""
+    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "trainer.max_steps=1", "eval_zero_shot=false", "seed=1,2"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "multirun").glob("*/*"))
+    for num in (0, 1):
+        metrics = json.loads((sweep / str(num) / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and "packed_jobs" not in metrics
+        assert (sweep / str(num) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_each_packed_job_gets_its_own_finished_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tiny = [*TINY_CLI, *COMMON, "trainer.max_steps=2", "logger=wandb"]
+    configs = [compose_job([*tiny, "method.prefix_length=2"]), compose_job([*tiny, "optim.lr=1e-3"])]
+    results = train_packed([packed_job(cfg, tmp_path / str(i)) for i, cfg in enumerate(configs)])
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    for i in range(2):
+        runs = list((tmp_path / str(i) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, "one W&B run per job, in the job's own folder"
+        assert list(runs[0].glob("*.wandb"))
+    import wandb
+
+    assert wandb.run is None  # every run was finished

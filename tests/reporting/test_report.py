@@ -1,0 +1,170 @@
+"""prefixlab-report on sweeps written by hand: the table, the best jobs, the plots, bad inputs."""
+
+import csv
+import math
+
+import pytest
+
+from prefixlab import report
+from prefixlab.report import NO_METRICS, find_jobs, main, series_by
+
+from .conftest import completed, job_config, make_job
+
+NAN_ERROR = "FloatingPointError: loss is nan at step 2; lower optim.lr"
+PREFIX = {"method": "prefix", "model": "tiny_random", "task": "bbc_headline"}
+FLAT = {**PREFIX, "method": "prefix_flat"}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """5 jobs: prefix L=1, 5, prefix_flat L=5 (completed), L=10 failed (with a tempting test/rougeL),
+    L=20 without metrics.json (still running or killed). model=tiny_random is in every job."""
+    root = tmp_path / "multirun" / "2026-11-28" / "10-00-00-000000_p1"
+    make_job(root, 0, ["model=tiny_random", "method.prefix_length=1"], PREFIX, job_config("prefix", 1),
+             completed(0.20, 2.0, 100), losses=[3.0, 2.5, 2.0])
+    make_job(root, 1, ["model=tiny_random", "method.prefix_length=5"], PREFIX, job_config("prefix", 5),
+             completed(0.30, 1.5, 500), losses=[3.0, 2.2, 1.6])
+    make_job(root, 2, ["model=tiny_random", "method=prefix_flat", "method.prefix_length=5"], FLAT,
+             job_config("prefix_flat", 5), completed(0.25, 1.2, 50), losses=[3.1, 2.0, 1.3])
+    make_job(root, 3, ["model=tiny_random", "method.prefix_length=10"], PREFIX, job_config("prefix", 10),
+             {"status": "failed", "error": NAN_ERROR, "step": 2, "test/rougeL": 0.99, "trainable_params": 1000,
+              "runtime_s": 3.0}, losses=[3.0, 9.0])
+    make_job(root, 4, ["model=tiny_random", "method.prefix_length=20"], PREFIX, job_config("prefix", 20), None)
+    return root
+
+
+def read_csv(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_table_has_a_row_per_job_with_only_the_overrides_that_differ(sweep):
+    main([str(sweep)])
+    rows = read_csv(sweep / "report.csv")
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4"]
+    columns = list(rows[0])
+    assert "model" not in columns  # the same in every job
+    assert columns[:4] == ["job", "method.prefix_length", "method", "status"]
+    assert columns[4] == "test/rougeL"  # the sweep's optimized_metric (resolved from test/${task.primary_metric}) first
+    # a job that did not override the method ran the default choice, read from .hydra/hydra.yaml
+    assert [(r["method.prefix_length"], r["method"]) for r in rows] == [
+        ("1", "prefix"), ("5", "prefix"), ("5", "prefix_flat"), ("10", "prefix"), ("20", "prefix")]
+    assert [r["status"] for r in rows] == ["completed", "completed", "completed", "failed", NO_METRICS]
+    assert rows[3]["error"] == NAN_ERROR and rows[4]["error"] == ""
+    assert float(rows[1]["test/rougeL"]) == 0.30 and float(rows[2]["val/loss"]) == 1.2
+    assert rows[1]["trainable_params"] == "500" and rows[1]["runtime_s"] == "12.5" and rows[1]["steps"] == "3"
+    assert rows[4]["test/rougeL"] == "" and rows[4]["trainable_params"] == ""
+
+    md = (sweep / "report.md").read_text()
+    assert "5 jobs: 3 completed, 1 failed, 1 " + NO_METRICS in md
+    assert "| 3 | 10 | prefix | failed | 0.99 |" in md  # listed with its status, never ranked (below)
+    assert "| 1 | 5 | prefix | completed | 0.3 |" in md and "| 500 |" in md
+
+
+def test_best_job_per_metric_uses_the_metric_direction_and_completed_jobs_only(sweep):
+    jobs = find_jobs([sweep])
+    best = report.best_jobs(jobs, report.metric_names(jobs))
+    assert best["test/rougeL"][0].label == "1"  # 0.30; the failed job's 0.99 does not count
+    assert best["val/rougeL"][0].label == "1"
+    assert best["val/loss"][0].label == "2" and best["test/loss"][0].label == "2"  # lower is better
+    assert "test/zero_shot_rougeL" not in best  # the frozen LM's score says nothing about a job
+    assert report.lower_is_better("val/loss") and report.lower_is_better("test/wer")
+    assert not report.lower_is_better("test/rougeL") and not report.lower_is_better("test/exact_match")
+
+    main([str(sweep)])
+    md = (sweep / "report.md").read_text()
+    assert "| test/rougeL | higher | 1: prefix_length=5, method=prefix | 0.3 |" in md
+    assert "| val/loss | lower | 2: prefix_length=5, method=prefix_flat | 1.2 |" in md
+
+
+def test_ties_name_the_first_job_and_say_so(tmp_path):
+    root = tmp_path / "sweep"
+    for num in range(3):
+        make_job(root, num, [f"seed={num}"], PREFIX, {**job_config("prefix", 5), "seed": num}, completed(0.5, 1.0, 10))
+    main([str(root)])
+    assert "| test/rougeL | higher | 0: seed=0 (tied with 2 more) | 0.5 |" in (root / "report.md").read_text()
+
+
+def test_figure_4_has_one_line_per_method_and_the_pngs_are_written(sweep):
+    jobs = find_jobs([sweep])
+    assert series_by(jobs, "method.prefix_length", "test/rougeL") == {
+        "method=prefix": [(1.0, 0.20), (5.0, 0.30)],  # the failed and the unfinished jobs have no point
+        "method=prefix_flat": [(5.0, 0.25)],
+    }
+    main([str(sweep)])
+    for name in ("metric_vs_prefix_length.png", "loss_curves.png"):
+        data = (sweep / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    assert not (sweep / "metric_vs_train_size.png").exists()
+    md = (sweep / "report.md").read_text()
+    assert "![test/rougeL vs prefix length](metric_vs_prefix_length.png)" in md and "(loss_curves.png)" in md
+    assert "skipped test/rougeL vs training-set size: `task.train_size` does not take two values" in md
+    assert not list(sweep.glob(".*.tmp")), "written atomically: no temporary file is left"
+
+
+def test_loss_curves_read_lightning_csv_logs(sweep):
+    job = find_jobs([sweep])[2]
+    train = [(r["step"], r["train/loss"]) for r in job.history if "train/loss" in r]
+    assert train == [(0, 3.1), (1, 2.0), (2, 1.3)]
+    assert [r["lr-AdamW"] for r in job.history if "lr-AdamW" in r] == [0.001] * 3
+    assert [r["val/loss"] for r in job.history if "val/loss" in r] == [1.2]
+
+
+def test_low_data_figure_when_the_training_set_size_varies(tmp_path):
+    root = tmp_path / "lowdata"
+    for num, (size, score) in enumerate([(10, 0.1), (100, 0.2), (1000, 0.3)]):
+        make_job(root, num, [f"task.train_size={size}"], PREFIX, job_config("prefix", 5, train_size=size),
+                 completed(score, 1.0, 10))
+    main([str(root), "--metric", "val/rougeL"])
+    jobs = find_jobs([root])
+    assert series_by(jobs, "task.train_size", "val/rougeL") == {"val/rougeL": [(10, 0.05), (100, 0.1), (1000, 0.15)]}
+    assert (root / "metric_vs_train_size.png").read_bytes()[:4] == b"\x89PNG"
+    md = (root / "report.md").read_text()
+    assert "skipped val/rougeL vs prefix length" in md and "skipped loss curves: no job logged" in md
+    assert not (root / "loss_curves.png").exists()
+
+
+def test_several_sweeps_by_glob_need_an_output_folder(tmp_path, capsys):
+    for name, score in (("a", 0.1), ("b", 0.2)):
+        make_job(tmp_path / "sweeps" / name, 0, ["method.prefix_length=3"], PREFIX, job_config("prefix", 3),
+                 completed(score, 1.0, 10))
+    pattern = str(tmp_path / "sweeps" / "*")
+    with pytest.raises(SystemExit) as exit_info:
+        main([pattern])
+    assert exit_info.value.code == "prefixlab-report: error: 2 sweep folders given: choose where the report goes with --out"
+    main([pattern, "--out", str(tmp_path / "out")])
+    rows = read_csv(tmp_path / "out" / "report.csv")
+    assert [(r["job"], r["test/rougeL"]) for r in rows] == [("a/0", "0.1"), ("b/0", "0.2")]
+
+
+def test_bad_inputs_are_one_line_naming_the_file(tmp_path, capsys):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes").mkdir()
+    for path, message in ((not_a_dir, f"{not_a_dir} is not a directory"),
+                          (tmp_path / "missing", f"{tmp_path / 'missing'} is not a directory"),
+                          (empty, f"{empty} has no job folders")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(path)])
+        assert str(exit_info.value.code).startswith(f"prefixlab-report: error: {message}")
+        assert "\n" not in str(exit_info.value.code)
+
+
+def test_a_corrupt_metrics_json_is_named_and_the_job_listed_as_unreadable(sweep, capsys):
+    corrupt = sweep / "1" / "metrics.json"
+    corrupt.write_text('{"status": "completed", "test/rou')  # cut short
+    main([str(sweep)])
+    err = capsys.readouterr().err
+    assert f"prefixlab-report: warning: {corrupt}: not valid JSON" in err and len(err.strip().splitlines()) == 1
+    rows = read_csv(sweep / "report.csv")
+    assert rows[1]["status"] == "unreadable" and str(corrupt) in rows[1]["error"]
+    assert report.best_jobs(find_jobs([sweep]), ["test/rougeL"])["test/rougeL"][0].label == "2"  # next best
+
+
+def test_nan_metrics_are_never_best(tmp_path):
+    root = tmp_path / "sweep"
+    make_job(root, 0, ["seed=0"], PREFIX, job_config("prefix", 5), completed(math.nan, 1.0, 10))
+    make_job(root, 1, ["seed=1"], PREFIX, job_config("prefix", 5), completed(0.1, 1.0, 10))
+    assert report.best_jobs(find_jobs([root]), ["test/rougeL"])["test/rougeL"][0].label == "1"

@@ -218,17 +218,12 @@ def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading
     from .reliability import LastGoodState
     from .resume import ResumableDataModule
     from .runs import check_free_space, check_writable, run_summary, storage_needed
-    from .tasks import task_options
 
     settings, resolved, task = job.settings, job.resolved, job.settings.task
     check_writable(job.run_dir)
     check_method_fits_model(resolved["method"], model_config)
     pl.seed_everything(settings.seed, workers=True)
-    datamodule = ResumableDataModule(
-        task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
-        task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-        seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder), task_options=task_options(task),
-    )
+    datamodule = ResumableDataModule.for_run(settings, bool(model_config.is_encoder_decoder))
     datamodule.setup("fit")  # before the module, as in train.train
     if rng_after_loading is not None:
         # A random-init LM draws its weights from the seed; the single run's prefix init then

@@ -194,6 +194,19 @@ class ResumableDataLoader(DataLoader):
 class ResumableDataModule(TaskDataModule):
     """``TaskDataModule`` with a training order that resumes mid-epoch (same batches, same order)."""
 
+    @classmethod
+    def for_run(cls, settings, is_encoder_decoder: bool) -> "ResumableDataModule":
+        """A run's datamodule from its typed config (``TrainConfig``): single runs and packed
+        sweeps build it here, so a job's data is the same whichever way it runs."""
+        from .tasks import task_options
+
+        task = settings.task
+        return cls(
+            task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
+            task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
+            seed=settings.seed, is_encoder_decoder=is_encoder_decoder, task_options=task_options(task),
+        )
+
     def train_dataloader(self) -> DataLoader:
         stock = super().train_dataloader()
         if self.trainer is not None and self.trainer.world_size > 1:

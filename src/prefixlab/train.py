@@ -34,7 +34,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     from .encoder_module import build_encoder_run, is_encoder_model
     from .methods import check_method_fits_model
-    from .tasks import task_options
     from .model_loading import load_config
     from .module import PrefixTuningModule
     from .reliability import LastGoodState, StopOnSignal, record_failure
@@ -56,11 +55,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         datamodule, module = build_encoder_run(settings, resolved)  # data first, then the encoder
         mean_tokens = datamodule.mean_train_tokens()
     else:
-        datamodule = ResumableDataModule(
-            task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
-            task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-            seed=settings.seed, is_encoder_decoder=bool(model_config.is_encoder_decoder), task_options=task_options(task),
-        )
+        datamodule = ResumableDataModule.for_run(settings, bool(model_config.is_encoder_decoder))
         datamodule.setup("fit")  # data errors (a hub dataset offline) come before the LM loads
         module = PrefixTuningModule(
             model=resolved["model"], method=resolved["method"], optim=resolved["optim"],

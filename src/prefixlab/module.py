@@ -78,6 +78,10 @@ class PrefixTuningModule(pl.LightningModule):
         if self.is_prefix_method:
             self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, lm, self.tokenizer)
         self._outputs: dict[str, list[dict]] = {}
+        # stage -> [(example id, prediction)] in dataset order, generated beforehand for this
+        # module (a packed sweep generates all its jobs' predictions in mixed-prefix batches:
+        # packed.generate_for_all_jobs); empty: evaluation generates batch by batch.
+        self.prepared_predictions: dict[str, list[tuple[str, str]]] = {}
 
     # ---- parameter accounting -------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:
@@ -169,7 +173,7 @@ class PrefixTuningModule(pl.LightningModule):
         size = batch["input_ids"].shape[0]
         loss = self._loss(batch)
         self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
-        predictions = self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
+        predictions = self._prepared(stage, batch["ids"]) or self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
         zero_shot = (
             self.generate_text(batch["prompt_ids"], batch["prompt_mask"], use_prefix=False)
             if stage == "test" and self.hparams.eval_zero_shot and self.is_prefix_method
@@ -186,6 +190,17 @@ class PrefixTuningModule(pl.LightningModule):
                     "references": list(batch["references"][i]),
                 }
             )
+
+    def _prepared(self, stage: str, ids: list[str]) -> list[str] | None:
+        """The next ``len(ids)`` prepared predictions of ``stage``, or None if there are none."""
+        prepared = self.prepared_predictions.get(stage)
+        if not prepared:
+            return None
+        taken, self.prepared_predictions[stage] = prepared[: len(ids)], prepared[len(ids) :]
+        if [example_id for example_id, _ in taken] != list(ids):  # a different order than the loader's: a bug
+            raise RuntimeError(f"prepared {stage} predictions are for examples {[i for i, _ in taken]}, "
+                               f"the batch holds {list(ids)}")
+        return [prediction for _, prediction in taken]
 
     def _all_ranks(self, stage: str, rows: list[dict]) -> list[dict]:
         """Every rank's rows, each example once and in dataset order, on every rank.

@@ -15,7 +15,9 @@ computes in its own run, and each job keeps everything else to itself:
 * its AdamW, linear schedule, gradient clipping (by the norm of its own gradients), and
   max_steps (a job whose steps are done drops out of the batch);
 * its run directory, logger (CSV or its own W&B run), evaluation, export, metrics.json and
-  predictions.jsonl, produced by the same ``PrefixTuningModule`` code as a single run.
+  predictions.jsonl, produced by the same ``PrefixTuningModule`` code as a single run; only
+  the generation of its evaluation examples is shared: all jobs' examples are generated
+  together in mixed-prefix batches (``generate_for_all_jobs``), each row with its own prefix.
 
 A packed job's per-step losses, final prefix and metrics equal its separate run's within
 float tolerance (the batch is padded wider and summed in another order; tested).
@@ -286,6 +288,74 @@ def _train_step(running: list[_Running], shared, pad_id: int, device, precision:
         r.step += 1
 
 
+EVAL_STAGES = (("val", "validation"), ("test", "test"))  # the module's stage name, the datamodule's split
+
+
+@torch.no_grad()
+def generate_for_all_jobs(running: list[_Running], shared, device, precision: str) -> int:
+    """Every job's validation and test predictions, generated in mixed-prefix batches.
+
+    A single run generates its evaluation examples batch by batch with its own prefix; here the
+    examples of all jobs with the same generation settings are sorted by prompt length (less
+    padding) and generated together, each row with its own job's prefix (``stack_prefixes``;
+    an infix job's rows see theirs from the last prompt token on, as in ``generate_text``), in
+    batches as large as the jobs' evaluation batches together. Decoding is latency-bound at
+    these batch sizes, so one batch of K x b rows costs far less than K batches of b. Every row
+    equals its job generating it alone (tested); the predictions go to each job's module
+    (``prepared_predictions``), whose validate/test then score them. Returns how many
+    generate() calls were made.
+    """
+    from .datamodule import _pad
+    from .engine.mixing import stack_prefixes
+    from .methods import with_visibility
+
+    groups: dict[str, list[_Running]] = {}
+    for r in running:
+        if r.error is None:
+            groups.setdefault(json.dumps(r.module.hparams.generation, sort_keys=True), []).append(r)
+    calls = 0
+    for members in groups.values():
+        gen, tokenizer = members[0].module.hparams.generation, members[0].module.tokenizer
+        prefixes = {}
+        for r in members:  # as evaluation sees it: eval mode (no dropout), computed once
+            was_training = r.encoder.training
+            r.encoder.eval()
+            prefixes[r.index] = r.encoder().detached()
+            r.encoder.train(was_training)
+        rows = [(r, stage, position, encoded.prompt_ids)
+                for r in members for stage, split in EVAL_STAGES
+                for position, encoded in enumerate(r.datamodule.splits[split])]
+        rows.sort(key=lambda row: len(row[3]))
+        rows_per_batch = sum(r.job.settings.task.eval_batch_size for r in members)
+        outputs: dict[tuple[int, str, int], str] = {}
+        for start in range(0, len(rows), rows_per_batch):
+            chunk = rows[start : start + rows_per_batch]
+            ids, mask = _pad([row[3] for row in chunk], tokenizer.pad_token_id, left=True)
+            width = ids.shape[1]
+            prefix = stack_prefixes([prefixes[r.index] for r, *_ in chunk])
+            is_infix = torch.tensor([r.job.settings.method.name == "infix" for r, *_ in chunk])
+            if is_infix.any():
+                prefix = with_visibility(prefix, torch.where(is_infix, width - 1, 0).to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                output = shared.generate(
+                    ids.to(device), mask.to(device), prefix=prefix, max_new_tokens=gen["max_new_tokens"],
+                    num_beams=gen["num_beams"], length_penalty=gen["length_penalty"],
+                    no_repeat_ngram_size=gen["no_repeat_ngram_size"], do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
+            calls += 1
+            texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+            for (r, stage, position, _), text in zip(chunk, texts):
+                outputs[(r.index, stage, position)] = text.strip()
+        for r in members:
+            r.module.prepared_predictions = {
+                stage: [(encoded.example.id, outputs[(r.index, stage, position)])
+                        for position, encoded in enumerate(r.datamodule.splits[split])]
+                for stage, split in EVAL_STAGES
+            }
+    return calls
+
+
 def _finish_job(r: _Running, shared, started: float, packed_jobs: int) -> dict:
     """Evaluate, export and write the results of one trained job, as ``train.train`` does."""
     from .reliability import record_failure
@@ -431,6 +501,13 @@ def train_packed(jobs: list[PackedJob]) -> list[dict]:
             else:
                 outcome = record_failure(error, r.job.run_dir, r.module, _trainer_at(r.step), None, summary, started)
         raise outcome from error
+    try:
+        generate_for_all_jobs(running, shared, device, precision)
+    except Exception as error:  # then each job generates its own, as a single run does
+        print(f"prefixlab-train: warning: mixed-prefix evaluation failed ({type(error).__name__}: {error}); "
+              "each job generates its own predictions", file=sys.stderr)
+        for r in running:
+            r.module.prepared_predictions = {}
     for r in running:
         results[r.index] = _finish_job(r, shared, started, len(running))
     return results

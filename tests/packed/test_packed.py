@@ -199,6 +199,36 @@ def test_the_prefixes_start_where_separate_runs_start(tiny_pretrained, tmp_path)
     assert not torch.allclose(other.activations.sites["decoder_self"].keys, got.activations.sites["decoder_self"].keys)
 
 
+def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pretrained, tmp_path, monkeypatch):
+    """No job generates its own predictions: the validation and test examples of all jobs go
+    through generate() together, K x eval_batch_size rows per call (that the rows equal the
+    jobs' separate runs is test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs)."""
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+    from prefixlab.module import PrefixTuningModule
+
+    def per_job_generation(*args, **kwargs):
+        raise AssertionError("a packed job generated its own predictions")
+
+    rows_per_call = []
+    original_generate = PrefixedCausalLM.generate
+
+    def counting_generate(self, input_ids, *args, **kwargs):
+        rows_per_call.append(input_ids.shape[0])
+        return original_generate(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(PrefixTuningModule, "generate_text", per_job_generation)
+    monkeypatch.setattr(PrefixedCausalLM, "generate", counting_generate)
+    names = ["A_prefix_mlp", "C_infix", "D_embedding"]  # an infix among prefixes: per-row visibility
+    configs = [compose_job([*model_overrides(tiny_pretrained), *COMMON, *JOBS[name]]) for name in names]
+    results = train_packed([packed_job(cfg, tmp_path / name) for name, cfg in zip(names, configs)])
+    assert [r["status"] for r in results] == ["completed"] * 3, results
+    # 3 jobs x (4 validation + 4 test examples) = 24 rows, in calls of 3 x eval_batch_size 4 = 12
+    assert rows_per_call == [12, 12]
+    for name in names:
+        rows = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(isinstance(r["prediction"], str) for r in rows)
+
+
 def test_a_failing_job_is_recorded_and_the_others_finish_unaffected(tmp_path):
     """A job that diverges (lr 1e37: finite for a few steps, then nan) and one with a bad value
     fail alone; the third job's losses equal its separate run's."""

@@ -153,8 +153,7 @@ def meteor(predictions: list[str], references: list[tuple[str, ...]], tokenized:
     """Corpus METEOR 1.5 x 100 as in the E2E script: coco-caption tokenization, ``-l en -norm``, all
     references of each example; the corpus score comes from METEOR's pooled statistics (not the mean of
     sentence scores). Raises MetricUnavailableError without Java, never returns a silent 0."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference sets")
+    _check_lengths(predictions, references)
     if not predictions:
         return 0.0
     if not tokenized:
@@ -178,8 +177,7 @@ def cider(predictions: list[str], references: list[tuple[str, ...]], tokenized: 
     scored, so the figure depends on that set: compare only over the same examples; one example gives 0."""
     from pycocoevalcap.cider.cider import Cider
 
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference sets")
+    _check_lengths(predictions, references)
     if not predictions:
         return 0.0
     if not tokenized:
@@ -189,6 +187,12 @@ def cider(predictions: list[str], references: list[tuple[str, ...]], tokenized: 
     score, _ = Cider().compute_score({i: list(refs) for i, refs in enumerate(references)},
                                      {i: [p] for i, p in enumerate(predictions)})
     return float(score)
+
+
+def _check_lengths(predictions: list[str], references: list[tuple[str, ...]]) -> None:
+    """One reference set per prediction, or ValueError."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference sets")
 
 
 def _coco_tokenized(predictions: list[str], references: list[tuple[str, ...]]):

@@ -143,12 +143,10 @@ class MixedPrefixGenerator:
     def generate(self, prompts: list[dict], max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 8, progress: bool = False):
         """prompts: dicts with "prompt" and "prefix" (a loaded name, or None / "none" for the plain model).
         Yields each dict with "output" added, in order."""
-        import torch
         from tqdm import tqdm
 
         from .engine.injection import PrefixActivations
-        from .engine.mixing import stack_prefixes
-        from .methods import with_visibility
+        from .engine.mixing import generate_mixed
 
         unknown = sorted({str(r.get("prefix")) for r in prompts if r.get("prefix") not in (*self.prefixes, None, NO_PREFIX)})
         if unknown:
@@ -157,24 +155,12 @@ class MixedPrefixGenerator:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generating", file=sys.stderr, disable=not progress):
             rows = prompts[start : start + batch_size]
-            encoded = [list(self.encode(r["prompt"])) for r in rows]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, e in enumerate(encoded):
-                # decoder-only prompts end together (left padding); encoders keep positions from 0 (right)
-                span = slice(0, len(e)) if self.is_encoder_decoder else slice(width - len(e), width)
-                ids[i, span] = torch.tensor(e)
-                mask[i, span] = 1
-            batch_prefix = stack_prefixes([self.prefixes.get(r.get("prefix"), PrefixActivations({})) for r in rows])
-            if self.infixes:
-                visible_from = torch.tensor([width - 1 if r.get("prefix") in self.infixes else 0 for r in rows])
-                batch_prefix = with_visibility(batch_prefix, visible_from)
-            output = self.model.generate(
-                ids, mask, prefix=batch_prefix, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            new_tokens = generate_mixed(
+                self.model, [list(self.encode(r["prompt"])) for r in rows],
+                [self.prefixes.get(r.get("prefix"), PrefixActivations({})) for r in rows],
+                pad_token_id=tokenizer.pad_token_id, infix_rows=[r.get("prefix") in self.infixes for r in rows],
+                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id,
             )
-            new_tokens = output if self.is_encoder_decoder else output[:, width:]
             for row, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 yield {**row, "output": text.strip()}
 

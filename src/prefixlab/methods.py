@@ -20,14 +20,10 @@ Plain torch and PEFT; the LightningModule calls ``prepare``.
 
 from __future__ import annotations
 
-import dataclasses
-
-import torch
 from torch import nn
 
 from .engine.geometry import PrefixGeometry
 from .engine.initialization import init_token_ids, initialize_from_activations, word_activations
-from .engine.injection import PrefixActivations
 from .engine.parameterization import EmbeddingPrompt, FlatPrefix, MLPPrefix
 
 PREFIX_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
@@ -179,8 +175,3 @@ def inject_peft_adapter(method: dict, lm: nn.Module) -> None:
     inject_adapter_in_model(peft_config(method, lm), lm, adapter_name="default")
     for name, param in lm.named_parameters():
         param.requires_grad_("lora_" in name or "ia3_" in name)
-
-
-def with_visibility(prefix: PrefixActivations, visible_from: torch.Tensor) -> PrefixActivations:
-    """Make a prefix an infix: seen only by tokens from ``visible_from`` [batch] on."""
-    return PrefixActivations({n: dataclasses.replace(p, visible_from=visible_from) for n, p in prefix.sites.items()})

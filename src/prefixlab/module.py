@@ -23,7 +23,8 @@ from .engine.export import ExportedPrefix, save_prefix
 from .engine.geometry import PrefixGeometry
 from .engine.prefixed_lm import PrefixedCausalLM
 from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
-from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for, with_visibility
+from .engine.mixing import with_visibility
+from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for
 from .model_loading import load_lm, load_tokenizer
 from .tasks import build_task
 
@@ -150,21 +151,24 @@ class PrefixTuningModule(pl.LightningModule):
         }
 
     # ---- generation and evaluation ---------------------------------------------------------
-    def generate_text(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, use_prefix: bool = True) -> list[str]:
+    def generate_kwargs(self) -> dict:
+        """The ``generate()`` arguments of this run's evaluation (``generation.*``), also used by
+        the packed sweeps' shared evaluation: pad_token_id is the caller's."""
         gen = self.hparams.generation
-        visible_from = torch.full((prompt_ids.shape[0],), prompt_ids.shape[1] - 1, device=prompt_ids.device)
-        prefix = self.prefix(visible_from) if use_prefix else None
-        output = self.prefixed.generate(
-            prompt_ids,
-            prompt_mask,
+        return dict(
             max_new_tokens=gen["max_new_tokens"],
             num_beams=gen["num_beams"],
             length_penalty=gen["length_penalty"],
             no_repeat_ngram_size=gen["no_repeat_ngram_size"],
             do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-            prefix=prefix,
+        )
+
+    def generate_text(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, use_prefix: bool = True) -> list[str]:
+        visible_from = torch.full((prompt_ids.shape[0],), prompt_ids.shape[1] - 1, device=prompt_ids.device)
+        prefix = self.prefix(visible_from) if use_prefix else None
+        output = self.prefixed.generate(
+            prompt_ids, prompt_mask, prefix=prefix, pad_token_id=self.tokenizer.pad_token_id, **self.generate_kwargs()
         )
         new_tokens = output if self.is_encoder_decoder else output[:, prompt_ids.shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -149,7 +149,7 @@ def test_each_prefix_gets_the_gradient_of_its_own_loss_alone():
 
     from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-    from prefixlab.methods import with_visibility
+    from prefixlab.engine.mixing import with_visibility
     from prefixlab.packed import _forward_backward
 
     torch.manual_seed(0)

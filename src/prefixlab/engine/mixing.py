@@ -7,6 +7,8 @@ prefix length, so every row computes what it would compute alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .injection import PrefixActivations, SitePrefix
@@ -40,3 +42,43 @@ def stack_prefixes(per_example: list[PrefixActivations]) -> PrefixActivations:
             mask[row, width - length :] = True if site.mask is None else site.mask[0]
         sites[name] = SitePrefix(keys=keys, values=values, mask=mask)
     return PrefixActivations(sites)
+
+
+def with_visibility(prefix: PrefixActivations, visible_from: torch.Tensor) -> PrefixActivations:
+    """Make a prefix an infix: seen only by tokens from ``visible_from`` [batch] on."""
+    return PrefixActivations({n: dataclasses.replace(p, visible_from=visible_from) for n, p in prefix.sites.items()})
+
+
+@torch.no_grad()
+def generate_mixed(
+    model,
+    prompts: list[list[int]],
+    prefixes: list[PrefixActivations],
+    pad_token_id: int,
+    infix_rows: list[bool] | None = None,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """One generate() call in which row i is ``prompts[i]`` with its own prefix ``prefixes[i]``
+    (batch-1 prefixes, any lengths; ``PrefixActivations({})`` for none). An infix row
+    (``infix_rows[i]``) sees its prefix from the last prompt token on, as the source cannot
+    see an infix. ``model``: a PrefixedCausalLM or PrefixedSeq2SeqLM. Returns the new tokens,
+    [rows, new], padded with ``pad_token_id`` after a row's end.
+
+    The one place that builds a mixed-prefix batch for decoding: prefixlab-generate's
+    ``MixedPrefixGenerator`` and the packed sweeps' evaluation both call it.
+    """
+    encoder_decoder = bool(model.lm.config.is_encoder_decoder)
+    device = next(model.lm.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        # decoder-only prompts end together (left padding); encoders keep positions from 0 (right)
+        span = slice(0, len(prompt)) if encoder_decoder else slice(width - len(prompt), width)
+        ids[row, span] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, span] = 1
+    prefix = stack_prefixes(prefixes)
+    if infix_rows is not None and any(infix_rows):
+        prefix = with_visibility(prefix, torch.tensor([width - 1 if infix else 0 for infix in infix_rows], device=device))
+    output = model.generate(ids.to(device), mask.to(device), prefix=prefix, pad_token_id=pad_token_id, **generate_kwargs)
+    return output if encoder_decoder else output[:, width:]

@@ -446,7 +446,11 @@ def train_packed(jobs: list[PackedJob]) -> list[dict]:
 
     import pytorch_lightning as pl
 
+    from .cpu_memory import keep_freed_memory
+
     device = _device(first)
+    if device.type == "cpu":  # a packed step's activations exceed malloc's mmap threshold (cpu_memory.py)
+        keep_freed_memory()
     pl.seed_everything(first.seed, workers=True)
     before = torch.get_rng_state()
     lm = load_frozen_lm(jobs[valid[0]].resolved["model"])

@@ -9,7 +9,9 @@ Reads every job folder (``<sweep>/<n>/``): ``.hydra/overrides.yaml`` and ``confi
 (``csv/metrics.csv``, or the W&B offline log for ``logger=wandb``). Writes ``report.md``,
 ``report.csv`` and PNG plots: metric vs prefix length per method (the paper's Figure 4) when
 ``method.prefix_length`` varies, metric vs training-set size (the low-data figure) when
-``task.train_size`` varies, and the loss curves. Failed and unfinished jobs are rows with
+``task.train_size`` varies, metric vs learning rate (per method: the reparameterization's
+question) when ``optim.lr`` varies, the metric of every completed job as bars (a method
+table at a glance), and the loss curves. Failed and unfinished jobs are rows with
 their status; they never stop the report.
 """
 
@@ -34,7 +36,7 @@ from .artifacts import atomic_write, atomic_write_text
 NO_METRICS = "no metrics.json (running or killed)"
 PARAMETER_COLUMNS = ("trainable_params", "exported_params", "trainable_percent_of_lm")
 # Axes of the two figures: the override key, its label, and whether the x axis is logarithmic.
-PREFIX_LENGTH, TRAIN_SIZE = "method.prefix_length", "task.train_size"
+PREFIX_LENGTH, TRAIN_SIZE, LEARNING_RATE = "method.prefix_length", "task.train_size", "optim.lr"
 
 
 class ReportError(ValueError):
@@ -399,6 +401,30 @@ def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x:
     return None
 
 
+def metric_per_job(jobs: list[Job], metric: str, path: Path) -> str | None:
+    """``metric`` of every completed job as one horizontal bar each, labelled with what sets the
+    job apart (``method=adapter_3pct``). Returns why it was skipped, or None."""
+    keys = varying_overrides(jobs)
+    bars = [(varying_label(job, keys), value) for job in jobs
+            if job.status == "completed" and (value := _number((job.metrics or {}).get(metric))) is not None
+            and math.isfinite(value)]
+    if len(bars) < 2:
+        return f"fewer than two completed jobs have {metric}"
+    plt, fig, ax = _figure()
+    best = (min if lower_is_better(metric) else max)(value for _, value in bars)
+    positions = range(len(bars))[::-1]  # the first job on top, as in the table
+    ax.barh(list(positions), [value for _, value in bars],
+            color=["C1" if value == best else "C0" for _, value in bars])
+    ax.set_yticks(list(positions), [label for label, _ in bars], fontsize="small")
+    for y, (_, value) in zip(positions, bars):
+        ax.annotate(f"{value:.4g}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize="x-small")
+    ax.set_xlabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better; best in orange)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.set_size_inches(7.2, 1.2 + 0.35 * len(bars))
+    _save(plt, fig, path)
+    return None
+
+
 def loss_curves(jobs: list[Job], path: Path) -> str | None:
     """train/loss per step for every job that logged it (validation loss as points)."""
     keys = varying_overrides(jobs)
@@ -440,7 +466,8 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
 
     plots, skipped = [], []
     figures = [("metric_vs_prefix_length.png", f"{metric} vs prefix length", PREFIX_LENGTH, False),
-               ("metric_vs_train_size.png", f"{metric} vs training-set size", TRAIN_SIZE, True)]
+               ("metric_vs_train_size.png", f"{metric} vs training-set size", TRAIN_SIZE, True),
+               ("metric_vs_learning_rate.png", f"{metric} vs learning rate", LEARNING_RATE, True)]
     for name, title, key, log_x in figures:
         why = "no job has a metric" if metric is None else metric_vs_setting(jobs, key, metric, out / name, log_x)
         if why:
@@ -448,12 +475,14 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
             (out / name).unlink(missing_ok=True)  # a figure from an earlier report of this folder
         else:
             plots.append((title, name))
-    why = loss_curves(jobs, out / "loss_curves.png")
-    if why:
-        skipped.append(("loss curves", why))
-        (out / "loss_curves.png").unlink(missing_ok=True)
-    else:
-        plots.append(("loss curves", "loss_curves.png"))
+    for title, name, why in ((f"{metric} per job", "metric_per_job.png",
+                              "no job has a metric" if metric is None else metric_per_job(jobs, metric, out / "metric_per_job.png")),
+                             ("loss curves", "loss_curves.png", loss_curves(jobs, out / "loss_curves.png"))):
+        if why:
+            skipped.append((title, why))
+            (out / name).unlink(missing_ok=True)
+        else:
+            plots.append((title, name))
 
     counts: dict[str, int] = {}
     for job in jobs:

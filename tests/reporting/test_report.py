@@ -168,3 +168,34 @@ def test_nan_metrics_are_never_best(tmp_path):
     make_job(root, 0, ["seed=0"], PREFIX, job_config("prefix", 5), completed(math.nan, 1.0, 10))
     make_job(root, 1, ["seed=1"], PREFIX, job_config("prefix", 5), completed(0.1, 1.0, 10))
     assert report.best_jobs(find_jobs([root]), ["test/rougeL"])["test/rougeL"][0].label == "1"
+
+
+def test_learning_rate_figure_per_method_and_the_bars_of_every_completed_job(tmp_path):
+    """The reparameterization question (metric vs lr, one line per method, log x) and the
+    per-job bars; a job without the metric has no bar."""
+    root = tmp_path / "reparam"
+    points = [("prefix", 5e-5, 0.6), ("prefix", 5e-3, 0.3), ("prefix_flat", 5e-5, 0.1), ("prefix_flat", 5e-3, 0.62)]
+    for num, (method, lr, score) in enumerate(points):
+        make_job(root, num, [f"method={method}", f"optim.lr={lr}"], {**PREFIX, "method": method},
+                 job_config(method, 10, lr=lr), completed(score, 1.0, 10))
+    make_job(root, 4, ["method=prefix", "optim.lr=1e-2"], PREFIX, job_config("prefix", 10, lr=1e-2),
+             {"status": "failed", "error": NAN_ERROR, "step": 2})
+    main([str(root)])
+    jobs = find_jobs([root])
+    assert series_by(jobs, "optim.lr", "test/rougeL") == {
+        "method=prefix": [(5e-5, 0.6), (5e-3, 0.3)], "method=prefix_flat": [(5e-5, 0.1), (5e-3, 0.62)]}
+    md = (root / "report.md").read_text()
+    for name in ("metric_vs_learning_rate.png", "metric_per_job.png"):
+        assert (root / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"({name})" in md
+    assert "skipped test/rougeL vs prefix length" in md
+
+
+def test_no_bars_for_fewer_than_two_scored_jobs(tmp_path):
+    root = tmp_path / "one"
+    make_job(root, 0, ["method.prefix_length=5"], PREFIX, job_config("prefix", 5), completed(0.3, 1.0, 10))
+    make_job(root, 1, ["method.prefix_length=10"], PREFIX, job_config("prefix", 10), None)
+    (root / "metric_per_job.png").write_bytes(b"stale figure from an earlier report")
+    main([str(root)])
+    assert "skipped test/rougeL per job: fewer than two completed jobs have test/rougeL" in (root / "report.md").read_text()
+    assert not (root / "metric_per_job.png").exists()

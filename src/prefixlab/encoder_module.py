@@ -25,7 +25,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from .artifacts import atomic_replace_dir
 from .encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
@@ -33,6 +32,7 @@ from .engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_
 from .engine.families import adapter_for_model_type
 from .engine.geometry import PrefixGeometry
 from .engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
+from .lightning_common import TrainEvalHooks
 from .methods import PREFIX_METHODS, build_prefix_encoder
 from .model_loading import ModelNotFoundError, load_config, resolve
 from .scoring import classification, squad
@@ -90,7 +90,7 @@ def head_parameter_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if id(p) in head]
 
 
-class EncoderTaskModule(pl.LightningModule):
+class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
     """Hyperparameters are names and numbers (``model``, ``method``, ``task_name`` as in the LM
     module, so ``resume.read_checkpoint`` checks them the same way)."""
 
@@ -169,13 +169,6 @@ class EncoderTaskModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def configure_optimizers(self):
-        optim = self.hparams.optim
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=optim["lr"], weight_decay=optim["weight_decay"], betas=tuple(optim["betas"]))
-        scheduler = get_linear_schedule_with_warmup(optimizer, optim["warmup_steps"], self.hparams.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     # ---- evaluation ----------------------------------------------------------------------------
     def predict_text(self, batch: dict, out) -> list[str]:
         if self.hparams.kind == CLASSIFICATION:
@@ -200,23 +193,11 @@ class EncoderTaskModule(pl.LightningModule):
         return squad(predictions, references)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        rows = self._rows.pop(stage, [])
+        rows = self._all_ranks(stage, self._rows.pop(stage, []))
         if rows:
             for name, value in self.score(rows).items():
                 self.log(f"{stage}/{name}", value)
             self.last_predictions[stage] = rows
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     # ---- export --------------------------------------------------------------------------------
     @torch.no_grad()

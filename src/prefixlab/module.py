@@ -15,7 +15,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from .artifacts import atomic_replace_dir
 from .engine.bottleneck_adapters import CHILD as BOTTLENECK_CHILD
@@ -24,6 +23,7 @@ from .engine.geometry import PrefixGeometry
 from .engine.prefixed_lm import PrefixedCausalLM
 from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 from .engine.mixing import with_visibility
+from .lightning_common import TrainEvalHooks
 from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for
 from .model_loading import load_lm, load_tokenizer
 from .tasks import build_task
@@ -50,7 +50,7 @@ def load_frozen_lm(model: dict):
     return lm
 
 
-class PrefixTuningModule(pl.LightningModule):
+class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
     def __init__(
         self,
         model: dict,
@@ -137,13 +137,6 @@ class PrefixTuningModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def configure_optimizers(self):
-        optim = self.hparams.optim
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=optim["lr"], weight_decay=optim["weight_decay"], betas=tuple(optim["betas"]))
-        scheduler = get_linear_schedule_with_warmup(optimizer, optim["warmup_steps"], self.hparams.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
@@ -206,23 +199,6 @@ class PrefixTuningModule(pl.LightningModule):
                                f"the batch holds {list(ids)}")
         return [prediction for _, prediction in taken]
 
-    def _all_ranks(self, stage: str, rows: list[dict]) -> list[dict]:
-        """Every rank's rows, each example once and in dataset order, on every rank.
-
-        With several processes Lightning's DistributedSampler gives rank r the examples
-        r, r + W, r + 2W, ... of the split (W ranks; the last ones repeated from the start so
-        that every rank gets as many), so interleaving the ranks' lists and cutting at the split
-        size undoes it. Every rank then scores the same full set: the logged metrics agree
-        without a reduction, and rank 0 writes all rows to predictions.jsonl.
-        """
-        world = self._trainer.world_size if self._trainer is not None else 1
-        if world == 1:
-            return rows
-        gathered: list[list[dict]] = [[] for _ in range(world)]
-        torch.distributed.all_gather_object(gathered, rows)
-        loader = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        return [row for group in zip(*gathered) for row in group][: len(loader.dataset)]
-
     def _eval_epoch_end(self, stage: str) -> None:
         rows = self._all_ranks(stage, self._outputs.get(stage, []))
         if not rows:
@@ -236,18 +212,6 @@ class PrefixTuningModule(pl.LightningModule):
                 self.log(f"{stage}/zero_shot_{name}", value)
         self.last_predictions = {**getattr(self, "last_predictions", {}), stage: rows}
         self._outputs[stage] = []
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     # ---- export ----------------------------------------------------------------------------
     @torch.no_grad()

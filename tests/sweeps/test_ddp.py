@@ -78,3 +78,26 @@ def test_rank_zero_writes_all_gathered_predictions_once(runs):
     assert not [p.name for p in runs["ddp"].iterdir() if ".tmp" in p.name]  # no half-written artifact left
     ckpt = torch.load(runs["ddp"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+ENCODER = [
+    "model=tiny_random_encoder", "task=bbc_topic", "task.max_source_tokens=32", "method.prefix_length=3",
+    "method.mid_dim=16", "task.train_size=8", "task.val_size=3", "task.test_size=5", "task.eval_batch_size=2",
+    "trainer.max_steps=2", "trainer.enable_progress_bar=false", "eval_zero_shot=false",
+]
+
+
+def test_an_encoder_run_gathers_every_ranks_rows_too(tmp_path):
+    """The encoder module (classification) under DDP: predictions.jsonl holds the 5 test examples
+    once each, in the single run's order (not rank 0's share: 0, 2, 4), and the logged accuracy
+    is the accuracy of those 5 rows."""
+    rows, metrics = {}, {}
+    for name, extra in (("ddp", ["trainer=ddp_cpu", "task.batch_size=4"]), ("single", ["task.batch_size=8"])):
+        run_dir = tmp_path / name
+        result = run_cli([*ENCODER, *extra, f"hydra.run.dir={run_dir}"], tmp_path, timeout=500)
+        assert result.returncode == 0, result.stderr[-4000:]
+        rows[name] = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+        metrics[name] = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["id"] for r in rows["ddp"]] == [r["id"] for r in rows["single"]] and len(rows["ddp"]) == 5
+    correct = sum(r["prediction"] in r["references"] for r in rows["ddp"])
+    assert metrics["ddp"]["test/accuracy"] == pytest.approx(100 * correct / 5)  # percent

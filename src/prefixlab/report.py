@@ -11,7 +11,8 @@ Reads every job folder (``<sweep>/<n>/``): ``.hydra/overrides.yaml`` and ``confi
 ``method.prefix_length`` varies, metric vs training-set size (the low-data figure) when
 ``task.train_size`` varies, metric vs learning rate (per method: the reparameterization's
 question) when ``optim.lr`` varies, the metric of every completed job as bars (a method
-table at a glance), and the loss curves. Failed and unfinished jobs are rows with
+table at a glance), and the loss curves; and when seeds or data subsets vary (``seed``,
+``task.subset_seed``), the metric's mean and spread over them per setting. Failed and unfinished jobs are rows with
 their status; they never stop the report.
 """
 
@@ -260,6 +261,8 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
 
 
 # ---- the table -----------------------------------------------------------------------------
+# Overrides that only redraw randomness: the report averages over them (mean, spread per setting).
+REPEAT_KEYS = ("seed", "task.subset_seed")
 def varying_overrides(jobs: list[Job]) -> list[str]:
     """Override keys whose value is not the same in every job (a job without it ran the default)."""
     keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
@@ -326,6 +329,32 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
+def over_repeats(jobs: list[Job], metric: str) -> tuple[str, list[str], list[list[Any]]] | None:
+    """Mean and spread of ``metric`` over the repeats (the first of ``REPEAT_KEYS`` that varies:
+    seeds, data subsets), one row per setting of the other varying overrides; completed jobs
+    with a finite value only. None when no repeat key varies."""
+    keys = varying_overrides(jobs)
+    repeat = next((k for k in REPEAT_KEYS if k in keys), None)
+    if repeat is None:
+        return None
+    others = [k for k in keys if k != repeat]
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for job in jobs:
+        setting = tuple(_text(job.setting(k)) for k in others)
+        groups.setdefault(setting, [])
+        value = _number((job.metrics or {}).get(metric))
+        if job.status == "completed" and value is not None and math.isfinite(value):
+            groups[setting].append(value)
+    columns = [*others, "runs", f"mean {metric}", "sd", "min", "max"]
+    rows = []
+    for setting, values in groups.items():
+        n = len(values)
+        mean = sum(values) / n if n else None
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+        rows.append([*setting, n, mean, sd, min(values) if n else None, max(values) if n else None])
+    return repeat, columns, rows
+
+
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return ""
@@ -371,15 +400,17 @@ def _save(plt, fig, path: Path) -> Path:
 
 def series_by(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float]]]:
     """Points (value of ``key``, ``metric``) of the completed jobs, one series per combination of the
-    other varying overrides (``method=prefix``, ``method=prefix_flat``), each sorted by x."""
-    others = [k for k in varying_overrides(jobs) if k != key]
-    series: dict[str, list[tuple[float, float]]] = {}
+    other varying overrides (``method=prefix``, ``method=prefix_flat``), each sorted by x. Repeats
+    (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values at one x
+    are averaged, as the paper's low-data figure does."""
+    others = [k for k in varying_overrides(jobs) if k != key and k not in REPEAT_KEYS]
+    values: dict[str, dict[float, list[float]]] = {}
     for job in jobs:
         x, y = _number(job.setting(key)), _number((job.metrics or {}).get(metric))
         if job.status == "completed" and x is not None and y is not None and math.isfinite(y):
             name = ", ".join(f"{k.rsplit('.', 1)[-1]}={_text(job.setting(k))}" for k in others) or metric
-            series.setdefault(name, []).append((x, y))
-    return {name: sorted(points) for name, points in sorted(series.items())}
+            values.setdefault(name, {}).setdefault(x, []).append(y)
+    return {name: sorted((x, sum(ys) / len(ys)) for x, ys in by_x.items()) for name, by_x in sorted(values.items())}
 
 
 def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x: bool = False) -> str | None:
@@ -394,7 +425,8 @@ def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x:
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(key)
-    ax.set_ylabel(metric)
+    repeats = [k for k in REPEAT_KEYS if k in varying_overrides(jobs)]
+    ax.set_ylabel(metric + (f" (mean over {', '.join(repeats)})" if repeats else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(plt, fig, path)
@@ -506,6 +538,13 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
                   for m, (job, value, ties) in best.items()]
     else:
         lines.append("No completed job has a metric.")
+    repeats = over_repeats(jobs, metric) if metric else None
+    if repeats:
+        repeat, repeat_columns, repeat_rows = repeats
+        lines += ["", f"## Over `{repeat}`", "",
+                  f"{metric} per setting: mean, sample standard deviation (sd), min and max over the values of "
+                  f"`{repeat}` (completed jobs only; `runs` counts them).", "",
+                  markdown_table(repeat_columns, repeat_rows)]
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
     lines += [f"- skipped {title}: {why}" for title, why in skipped]

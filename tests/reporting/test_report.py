@@ -199,3 +199,41 @@ def test_no_bars_for_fewer_than_two_scored_jobs(tmp_path):
     main([str(root)])
     assert "skipped test/rougeL per job: fewer than two completed jobs have test/rougeL" in (root / "report.md").read_text()
     assert not (root / "metric_per_job.png").exists()
+
+
+def test_mean_and_spread_over_data_subsets_per_setting(tmp_path):
+    """The initialization and low-data experiments repeat each setting on several subsets: the
+    report averages over task.subset_seed per arm (a failed repeat counts for nothing)."""
+    root = tmp_path / "init"
+    scores = {("random", 0): 0.2, ("random", 1): 0.4, ("random", 2): 0.3, ("elephant", 0): 0.5, ("elephant", 1): 0.7}
+    for num, ((arm, subset), score) in enumerate(scores.items()):
+        make_job(root, num, [f"experiment/initialization/arm={arm}", f"task.subset_seed={subset}"], PREFIX,
+                 job_config("prefix", 10), completed(score, 1.0, 10))
+    make_job(root, 5, ["experiment/initialization/arm=elephant", "task.subset_seed=2"], PREFIX,
+             job_config("prefix", 10), {"status": "failed", "error": NAN_ERROR, "step": 2})
+    repeat, columns, rows = report.over_repeats(find_jobs([root]), "test/rougeL")
+    assert repeat == "task.subset_seed"
+    assert columns == ["experiment/initialization/arm", "runs", "mean test/rougeL", "sd", "min", "max"]
+    assert rows[0][:2] == ["random", 3] and rows[0][2] == pytest.approx(0.3) and rows[0][3] == pytest.approx(0.1)
+    assert rows[1][:2] == ["elephant", 2] and rows[1][2] == pytest.approx(0.6) and rows[1][3] == pytest.approx(2 ** 0.5 / 10)
+    assert rows[1][4:] == [0.5, 0.7]
+    main([str(root)])
+    md = (root / "report.md").read_text()
+    assert "## Over `task.subset_seed`" in md and "| random | 3 | 0.3 | 0.1 | 0.2 | 0.4 |" in md
+    assert report.over_repeats(find_jobs([root]), "test/rougeL") is not None
+    assert report.over_repeats([j for j in find_jobs([root]) if j.setting("task.subset_seed") == "0"], "test/rougeL") is None
+
+
+def test_the_low_data_figure_averages_the_subsets_of_each_size(tmp_path):
+    root = tmp_path / "lowdata_repeats"
+    runs = [("prefix", 50, 0, 0.2), ("prefix", 50, 1, 0.4), ("prefix", 100, 0, 0.5), ("prefix", 100, 1, 0.7),
+            ("finetune", 50, 0, 0.1), ("finetune", 50, 1, 0.1), ("finetune", 100, 0, 0.6)]
+    for num, (method, size, subset, score) in enumerate(runs):
+        make_job(root, num, [f"method={method}", f"task.train_size={size}", f"task.subset_seed={subset}"],
+                 {**PREFIX, "method": method}, job_config(method, 10, train_size=size), completed(score, 1.0, 10))
+    series = series_by(find_jobs([root]), "task.train_size", "test/rougeL")
+    assert series.keys() == {"method=prefix", "method=finetune"}  # no line per subset
+    assert series["method=prefix"] == [(50, pytest.approx(0.3)), (100, pytest.approx(0.6))]
+    assert series["method=finetune"] == [(50, pytest.approx(0.1)), (100, pytest.approx(0.6))]
+    main([str(root)])
+    assert (root / "metric_vs_train_size.png").read_bytes()[:4] == b"\x89PNG"

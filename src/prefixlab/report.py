@@ -417,8 +417,9 @@ def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x:
     """``metric`` against the value of ``key``, one line per combination of the other varying
     overrides (for prefix length: per method). Returns why it was skipped, or None."""
     series = series_by(jobs, key, metric)
-    if len({x for points in series.values() for x, _ in points}) < 2:
-        return f"`{key}` does not take two values among the completed jobs"
+    if not any(len(points) > 1 for points in series.values()):
+        # also when it varies only with another override (each method its own lr): no line to draw
+        return f"`{key}` does not take two values within any one setting of the other overrides (completed jobs)"
     plt, fig, ax = _figure()
     for name, points in series.items():
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)

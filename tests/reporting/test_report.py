@@ -237,3 +237,16 @@ def test_the_low_data_figure_averages_the_subsets_of_each_size(tmp_path):
     assert series["method=finetune"] == [(50, pytest.approx(0.1)), (100, pytest.approx(0.6))]
     main([str(root)])
     assert (root / "metric_vs_train_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_line_figure_when_the_value_only_follows_another_override(tmp_path):
+    """E2E main table: each method has its own learning rate (5e-4, 5e-5), one point per method,
+    so a learning-rate figure would draw no line: it is skipped, the bars remain."""
+    root = tmp_path / "main_table"
+    for num, (method, lr, score) in enumerate([("prefix", 5e-4, 0.6), ("finetune", 5e-5, 0.67), ("adapter", 5e-4, 0.66)]):
+        make_job(root, num, [f"method={method}"], {**PREFIX, "method": method}, job_config(method, 10, lr=lr),
+                 completed(score, 1.0, 10))
+    main([str(root)])
+    md = (root / "report.md").read_text()
+    assert "skipped test/rougeL vs learning rate: `optim.lr` does not take two values within any one setting" in md
+    assert not (root / "metric_vs_learning_rate.png").exists() and (root / "metric_per_job.png").exists()

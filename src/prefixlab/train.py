@@ -181,9 +181,6 @@ def main() -> None:
             check_run_dir_creatable(Path(run_dir.split("${", 1)[0] or "."))
         except OutputDirError as error:
             sys.exit(f"prefixlab-train: error: {error}")
-    from .cpu_memory import keep_freed_memory
-
-    keep_freed_memory()  # before the first step's activations: reuse them instead of re-faulting pages
     hydra_main()
 
 

@@ -195,7 +195,7 @@ def _per_job_losses(shared, input_ids, attention_mask, labels, prefix, rows: lis
 def _stacked_prefix(running: list[_Running], batches: list[dict], labels: torch.Tensor):
     """One PrefixActivations for the combined batch: each row gets its job's prefix; an infix
     job's rows see theirs from the last prompt token on (``with_visibility``), others from 0."""
-    from .engine.mixing import stack_prefixes
+    from .engine.mixing import stack_prefixes, with_visibility
 
     per_example, infix_rows = [], []
     for r, batch in zip(running, batches):
@@ -206,7 +206,7 @@ def _stacked_prefix(running: list[_Running], batches: list[dict], labels: torch.
     if any(infix_rows):
         first_target = (labels != -100).long().argmax(dim=1)
         visible_from = torch.where(torch.tensor(infix_rows, device=labels.device), first_target - 1, 0)
-        stacked.sites = {n: dataclasses.replace(p, visible_from=visible_from) for n, p in stacked.sites.items()}
+        stacked = with_visibility(stacked, visible_from)
     return stacked
 
 

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from .engine.padding import pad_rows
 from .formatting import PromptFormatter
 from .model_loading import load_tokenizer
 from .tasks import DataError, Example, build_task
@@ -33,25 +34,11 @@ class EncodedExample:
     target_ids: list[int]
 
 
-def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if left:
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        else:
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-    return ids, mask
-
-
 def collate_seq2seq(batch: list[EncodedExample], pad_id: int) -> dict:
     """Encoder-decoder batches: input_ids, attention_mask: [batch, source] right-padded (also
     used as prompt_ids / prompt_mask for generation); labels: [batch, target], -100 at padding."""
-    input_ids, attention_mask = _pad([e.prompt_ids for e in batch], pad_id, left=False)
-    targets, target_mask = _pad([e.target_ids for e in batch], pad_id, left=False)
+    input_ids, attention_mask = pad_rows([e.prompt_ids for e in batch], pad_id, left=False)
+    targets, target_mask = pad_rows([e.target_ids for e in batch], pad_id, left=False)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -68,11 +55,11 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict:
     """input_ids, attention_mask, labels: [batch, prompt+target] left-padded;
     prompt_ids, prompt_mask: [batch, prompt] left-padded (for generation)."""
     full = [e.prompt_ids + e.target_ids for e in batch]
-    input_ids, attention_mask = _pad(full, pad_id, left=True)
+    input_ids, attention_mask = pad_rows(full, pad_id, left=True)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, e in enumerate(batch):
         labels[row, input_ids.shape[1] - len(e.target_ids) :] = torch.tensor(e.target_ids)
-    prompt_ids, prompt_mask = _pad([e.prompt_ids for e in batch], pad_id, left=True)
+    prompt_ids, prompt_mask = pad_rows([e.prompt_ids for e in batch], pad_id, left=True)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

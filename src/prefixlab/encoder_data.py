@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .datamodule import take_subset
+from .engine.padding import pad_rows
 from .model_loading import load_tokenizer
 from .tasks import TASKS, DataError, build_task
 from .tasks.spans import SpanExample
@@ -129,25 +130,15 @@ def collate_encoder(batch: list[EncodedInput], pad_id: int) -> dict:
     """input_ids, attention_mask (and token_type_ids): [batch, seq] right-padded. Classification:
     labels [batch]. Extractive: start_positions, end_positions [batch] (0 where ``has_span`` is
     False), has_span [batch] bool, context_mask [batch, seq] bool, plus offsets and contexts."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    types = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[row, :n], mask[row, :n] = torch.tensor(e.input_ids), 1
-        if e.token_type_ids is not None:
-            types[row, :n] = torch.tensor(e.token_type_ids)
+    ids, mask = pad_rows([e.input_ids for e in batch], pad_id, left=False)
     out = {"input_ids": ids, "attention_mask": mask, "ids": [e.id for e in batch], "sources": [e.text for e in batch],
            "references": [e.references for e in batch]}
     if batch[0].token_type_ids is not None:
-        out["token_type_ids"] = types
+        out["token_type_ids"] = pad_rows([e.token_type_ids for e in batch], 0, left=False)[0]
     if batch[0].label is not None:
         out["labels"] = torch.tensor([e.label for e in batch])
     else:
-        context_mask = torch.zeros((len(batch), width), dtype=torch.bool)
-        for row, e in enumerate(batch):
-            context_mask[row, : len(e.context_mask)] = torch.tensor(e.context_mask)
+        context_mask = pad_rows([[int(inside) for inside in e.context_mask] for e in batch], 0, left=False)[0].bool()
         out.update(
             start_positions=torch.tensor([e.start if e.start is not None else 0 for e in batch]),
             end_positions=torch.tensor([e.end if e.end is not None else 0 for e in batch]),

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from .injection import PrefixActivations, SitePrefix
+from .padding import pad_rows
 
 
 def stack_prefixes(per_example: list[PrefixActivations]) -> PrefixActivations:
@@ -69,14 +70,9 @@ def generate_mixed(
     """
     encoder_decoder = bool(model.lm.config.is_encoder_decoder)
     device = next(model.lm.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        # decoder-only prompts end together (left padding); encoders keep positions from 0 (right)
-        span = slice(0, len(prompt)) if encoder_decoder else slice(width - len(prompt), width)
-        ids[row, span] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, span] = 1
+    # decoder-only prompts end together (left padding); encoders keep positions from 0 (right)
+    ids, mask = pad_rows(prompts, pad_token_id, left=not encoder_decoder)
+    width = ids.shape[1]
     prefix = stack_prefixes(prefixes)
     if infix_rows is not None and any(infix_rows):
         prefix = with_visibility(prefix, torch.tensor([width - 1 if infix else 0 for infix in infix_rows], device=device))

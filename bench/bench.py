@@ -218,6 +218,19 @@ def packed_sweep(k: int) -> list[str]:
     return overrides
 
 
+def packed_task_overrides(task: str) -> list[str]:
+    """bbc_headline: the embedded default (every article truncated to 128 tokens, so rows have
+    nearly equal lengths). e2e: the paper's table-to-text task, whose MRs differ in length, from
+    the E2E development set in $PREFIXLAB_DATA/e2e (or ../shared/data/e2e)."""
+    if task == "bbc_headline":
+        return []
+    folder = Path(os.environ.get("PREFIXLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) / task
+    if not folder.is_dir():
+        raise SystemExit(f"bench.py: --packed-task {task} reads {folder}, which does not exist; set PREFIXLAB_DATA to "
+                         "the folder that holds e2e/devset.csv")
+    return [f"task={task}", f"task.data_dir={folder.resolve()}", "generation.max_new_tokens=48"]
+
+
 def packed_benchmarks(args) -> list[dict]:
     """Wall time of ``prefixlab-train -m <K jobs>`` with the basic launcher (the jobs one after
     another, each loading the model and its data) and with ``launcher=packed``, from the command
@@ -227,7 +240,7 @@ def packed_benchmarks(args) -> list[dict]:
     import sys
     import tempfile
 
-    common = [
+    common = [*packed_task_overrides(args.packed_task),
         f"trainer.max_steps={args.packed_steps}", f"task.batch_size={args.batch}", f"task.val_size={args.packed_eval}",
         f"task.test_size={args.packed_eval}", "eval_zero_shot=false", "trainer.enable_progress_bar=false",
     ]
@@ -254,8 +267,9 @@ def packed_benchmarks(args) -> list[dict]:
 
 def packed_lines(rows: list[dict], args) -> list[str]:
     lines = [
-        f"Packed sweeps (`prefixlab-train -m ... launcher=packed`): K jobs (prefix length x lr), {rows[0]['steps']} steps of "
-        f"batch {args.batch} each, validation and test on {args.packed_eval} articles each; wall time of the whole command "
+        f"Packed sweeps (`prefixlab-train -m ... launcher=packed`), task {args.packed_task}: K jobs (prefix length x lr), "
+        f"{rows[0]['steps']} steps of batch {args.batch} each, validation and test on {args.packed_eval} examples each; "
+        "wall time of the whole command "
         "(start-up, model loading, data, training, evaluation, export):",
         "",
         "| K | jobs one after another (s) | packed (s) | speed-up |",
@@ -278,6 +292,8 @@ def main() -> None:
                         help="packed sweeps: numbers of jobs, e.g. 4,8")
     parser.add_argument("--packed-steps", type=int, default=10, help="packed sweeps: training steps per job")
     parser.add_argument("--packed-eval", type=int, default=8, help="packed sweeps: validation and test articles per job")
+    parser.add_argument("--packed-task", choices=["bbc_headline", "e2e"], default="bbc_headline",
+                        help="packed sweeps: the task (e2e needs the E2E development set, see packed_task_overrides)")
     parser.add_argument("--only", choices=["packed"], default=None,
                         help="run one section; its table goes to <out>/<section>.md (results.md is left as it is)")
     parser.add_argument("--child-training", default=None, help=argparse.SUPPRESS)
@@ -292,7 +308,8 @@ def main() -> None:
         lines = [f"# Packed sweeps ({time.strftime('%Y-%m-%d')}, {device}, {torch.get_num_threads()} threads)", "",
                  *packed_lines(packed_benchmarks(args), args)]
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "packed.md").write_text("\n".join(lines) + "\n")
+        name = "packed.md" if args.packed_task == "bbc_headline" else f"packed_{args.packed_task}.md"
+        (Path(args.out) / name).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
     training = training_benchmarks(args, device)

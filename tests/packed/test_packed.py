@@ -140,11 +140,14 @@ def _random_batch(rows: int, width: int, vocab: int, generator: torch.Generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def test_each_prefix_gets_the_gradient_of_its_own_loss_alone():
-    """One packed forward over three jobs' batches (different sizes, widths, prefix lengths; one
-    infix): each job's loss equals ``target_loss`` of its batch alone, and backward of their sum
-    gives each prefix exactly the gradient of its own loss (no leak between jobs, no 1/K scale:
-    AdamW would hide a scale in the loss curves, this would not). A diverged job's nan stays its own."""
+@pytest.mark.parametrize("rows_per_forward", [None, 3, 1])
+def test_each_prefix_gets_the_gradient_of_its_own_loss_alone(rows_per_forward):
+    """A packed step over three jobs' batches (different sizes, widths, prefix lengths; one
+    infix), in one forward or in length-sorted forwards of 3 rows (jobs mixed in a forward, a job
+    split over forwards) or 1: each job's loss equals ``target_loss`` of its batch alone, and the
+    step gives each prefix exactly the gradient of its own loss (no leak between jobs, no 1/K
+    scale: AdamW would hide a scale in the loss curves, this would not). A diverged job's nan
+    stays its own."""
     from types import SimpleNamespace
 
     from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
@@ -167,7 +170,7 @@ def test_each_prefix_gets_the_gradient_of_its_own_loss_alone():
     running = [SimpleNamespace(encoder=e, step=0, error=None,
                                job=SimpleNamespace(settings=SimpleNamespace(method=SimpleNamespace(name=m))))
                for e, m in zip(encoders, methods)]
-    finite = _forward_backward(running, batches, shared, 0, torch.device("cpu"), "32-true")
+    finite = _forward_backward(running, batches, shared, 0, torch.device("cpu"), "32-true", rows_per_forward)
     assert [r.encoder for r, _ in finite] == encoders[:3]
     assert isinstance(running[3].error, FloatingPointError) and "loss is nan" in str(running[3].error)
     losses = [loss for _, loss in finite]
@@ -283,11 +286,12 @@ def run_cli(args, cwd, timeout=600):
 
 
 def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
-    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "eval_zero_shot=false", "method.prefix_length=0,2,4"], tmp_path)
+    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "eval_zero_shot=false", "method.prefix_length=0,2,4",
+                      "hydra.launcher.rows_per_forward=3"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = next((tmp_path / "multirun").glob("*/*"))
     assert (sweep / "multirun.yaml").is_file()
-    assert "packed: 2 jobs share one llama LM" in result.stdout
+    assert "packed: 2 jobs share one llama LM" in result.stdout and "(rows per forward: 3)" in result.stdout
     for num, length in enumerate((0, 2, 4)):
         run_dir = sweep / str(num)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
@@ -305,10 +309,14 @@ def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
     assert "method.prefix_length=0 is out of range" in result.stderr
 
 
-def test_cli_refuses_a_packed_sweep_over_lm_training_methods_before_anything_loads(tmp_path):
-    result = run_cli(["-m", "launcher=packed", *TINY_CLI, "method=prefix,lora"], tmp_path, timeout=300)
+@pytest.mark.parametrize("overrides, message", [
+    (["method=prefix,lora"], "method=lora trains the LM that packed jobs share"),
+    (["method.prefix_length=2,4", "hydra.launcher.rows_per_forward=0"], "hydra.launcher.rows_per_forward=0: give a number"),
+])
+def test_cli_refuses_a_packed_sweep_it_cannot_run_before_anything_loads(tmp_path, overrides, message):
+    result = run_cli(["-m", "launcher=packed", *TINY_CLI, *overrides], tmp_path, timeout=300)
     assert result.returncode != 0
-    assert "method=lora trains the LM that packed jobs share" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert "Loading weights" not in result.stdout + result.stderr
     assert not [d for d in tmp_path.glob("multirun/*/*/*") if d.is_dir()]  # no job folder was made
@@ -340,3 +348,11 @@ def test_each_packed_job_gets_its_own_finished_wandb_run(tmp_path, monkeypatch):
     import wandb
 
     assert wandb.run is None  # every run was finished
+
+
+def test_rows_per_forward_defaults_to_the_largest_job_batch_on_a_cpu_and_to_all_rows_on_a_gpu():
+    from prefixlab.packed import choose_rows_per_forward
+
+    assert choose_rows_per_forward(None, torch.device("cpu"), [4, 8, 2]) == 8
+    assert choose_rows_per_forward(None, torch.device("cuda"), [4, 8, 2]) is None
+    assert choose_rows_per_forward(3, torch.device("cuda"), [4, 8, 2]) == 3

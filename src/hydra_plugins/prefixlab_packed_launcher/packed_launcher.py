@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.prefixlab_packed_launcher.packed_launcher.PackedLauncher"
+    # rows per forward of a packed step (prefixlab.packed.choose_rows_per_forward): null = the pack's
+    # largest task.batch_size on a CPU, all rows of the step in one forward on a GPU
+    rows_per_forward: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="prefixlab")
@@ -60,8 +63,9 @@ def _settings(task_cfg: DictConfig):
 
 
 class PackedLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, rows_per_forward: Optional[int] = None) -> None:
         super().__init__()
+        self.rows_per_forward = rows_per_forward
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -76,6 +80,9 @@ class PackedLauncher(Launcher):
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
+        if self.rows_per_forward is not None and self.rows_per_forward < 1:  # before any folder is made
+            sys.exit(f"prefixlab-train: error: hydra.launcher.rows_per_forward={self.rows_per_forward}: "
+                     "give a number of rows >= 1, or null for the default")
         configs: List[DictConfig] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -131,7 +138,8 @@ class PackedLauncher(Launcher):
             prepared.append(self._run(config, record))
         packable = [r for r in prepared if r.status == JobStatus.COMPLETED]
         try:
-            results = train_packed([r.return_value for r in packable]) if packable else []
+            results = (train_packed([r.return_value for r in packable], rows_per_forward=self.rows_per_forward)
+                       if packable else [])
         except RunInterrupted as stop:  # as the single-run path: exit like a process killed by that signal
             print(f"prefixlab-train: {stop}", file=sys.stderr)
             sys.exit(128 + stop.signum)

@@ -3,15 +3,18 @@
 A prefix job trains a few thousand to a few million parameters against a frozen LM, so a
 sweep over prefix lengths, reparameterizations, learning rates or seeds runs the same LM
 K times over batches too small to keep a GPU busy. Here the LM is loaded once and every
-optimizer step is ONE forward and backward over all jobs' batches concatenated: each
-example carries its own job's prefix (``stack_prefixes``), so it computes exactly what it
-computes in its own run, and each job keeps everything else to itself:
+optimizer step runs all jobs' batches through it together: their rows, sorted by length, go
+through the LM in forwards of ``rows_per_forward`` rows (on a CPU the largest job batch, so
+that neighbours of equal length carry little padding; on a GPU all rows at once), each row
+with its own job's prefix (``stack_prefixes``), so it computes exactly what it computes in
+its own run, and each job keeps everything else to itself:
 
 * its data: its own datamodule and shuffled order (its seed), its own batch size;
 * its prefix, initialized from its own seed exactly as a single run does it;
-* its loss: the mean target loss over its own examples. The step minimizes the sum of the
-  jobs' losses; a job's prefix only reaches its own examples, so the gradient each prefix
-  gets is the gradient of its own loss alone, the one its separate run computes;
+* its loss: the mean target loss over its own examples, wherever the forwards put them. The
+  step minimizes the sum of the jobs' losses; a job's prefix only reaches its own examples,
+  so the gradient each prefix gets is the gradient of its own loss alone, the one its
+  separate run computes;
 * its AdamW, linear schedule, gradient clipping (by the norm of its own gradients), and
   max_steps (a job whose steps are done drops out of the batch);
 * its run directory, logger (CSV or its own W&B run), evaluation, export, metrics.json and
@@ -20,7 +23,7 @@ computes in its own run, and each job keeps everything else to itself:
   together in mixed-prefix batches (``generate_for_all_jobs``), each row with its own prefix.
 
 A packed job's per-step losses, final prefix and metrics equal its separate run's within
-float tolerance (the batch is padded wider and summed in another order; tested).
+float tolerance (rows are padded differently and summed in another order; tested).
 
 Not supported (``packing_problem`` refuses them before anything loads): methods that train
 the shared LM (finetune, finetune_topk, lora, ia3); ``resume``; validation during training
@@ -83,7 +86,7 @@ def packing_problem(settings: TrainConfig) -> str | None:
 
 
 def pack_key(settings: TrainConfig) -> str:
-    """Jobs with equal keys can share one loaded LM and one forward pass.
+    """Jobs with equal keys can share one loaded LM and its forwards.
 
     The model settings decide the LM; a random-init LM is drawn from the job's seed, so its
     jobs share it only with jobs of the same seed. Device and precision are per forward.
@@ -189,16 +192,15 @@ def _length_sorted_forwards(batches: list[dict], pad_id: int, rows_per_forward: 
     return forwards
 
 
-def _token_losses(shared, input_ids, attention_mask, labels, prefix) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every next-token target, [rows, columns] (0 where there is none), and the
-    targets. As in ``PrefixedCausalLM.target_loss``, only the columns that hold targets go
+def _token_losses(shared, input_ids, attention_mask, labels, prefix) -> torch.Tensor:
+    """Cross-entropy of every next-token target, [rows, columns] (0 where there is none). As in ``PrefixedCausalLM.target_loss``, only the columns that hold targets go
     through the LM head (targets are the last columns of a left-padded batch)."""
     supervised = (labels != -100).any(dim=0).nonzero()
     first = int(supervised[0]) if len(supervised) else labels.shape[1] - 1
     keep = min(labels.shape[1] - first + 1, labels.shape[1])
     logits = shared(input_ids, attention_mask, prefix=prefix, logits_to_keep=keep).logits[:, :-1].float()
     targets = labels[:, labels.shape[1] - keep + 1 :]
-    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"), targets
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
 
 
 def _gradient_leaves(activations):
@@ -211,6 +213,7 @@ def _gradient_leaves(activations):
 
 
 def _backward_into_encoder(activations, leaves) -> None:
+    """The gradient the leaves collected, on through the encoder (its MLP) to its parameters."""
     pairs = [(getattr(activations.sites[name], part), getattr(leaf, part).grad)
              for name, leaf in leaves.sites.items() for part in ("keys", "values")]
     pairs = [(tensor, grad) for tensor, grad in pairs if grad is not None and tensor.requires_grad]
@@ -290,7 +293,7 @@ def _forward_backward(running: list, batches: list[dict], shared, pad_id: int, d
             if infix_rows.any():  # an infix row sees its prefix from its last prompt token on
                 first_target = (labels != -100).long().argmax(dim=1)
                 prefix = with_visibility(prefix, torch.where(infix_rows, first_target - 1, 0))
-            token_loss, _ = _token_losses(shared, input_ids, attention_mask, labels, prefix)
+            token_loss = _token_losses(shared, input_ids, attention_mask, labels, prefix)
         jobs = jobs.to(device)
         terms = []
         for job in sorted(set(jobs.tolist())):

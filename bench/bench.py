@@ -224,11 +224,17 @@ def packed_task_overrides(task: str) -> list[str]:
     the E2E development set in $PREFIXLAB_DATA/e2e (or ../shared/data/e2e)."""
     if task == "bbc_headline":
         return []
+    return [f"task={task}", f"task.data_dir={shared_data_folder(task)}", "generation.max_new_tokens=48"]
+
+
+def shared_data_folder(task: str) -> Path:
+    """$PREFIXLAB_DATA/<task>, else ../shared/data/<task> beside the repository (as conf/scale/parts/*_small.yaml
+    resolve it), or one clear exit if it is missing."""
     folder = Path(os.environ.get("PREFIXLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) / task
     if not folder.is_dir():
-        raise SystemExit(f"bench.py: --packed-task {task} reads {folder}, which does not exist; set PREFIXLAB_DATA to "
-                         "the folder that holds e2e/devset.csv")
-    return [f"task={task}", f"task.data_dir={folder.resolve()}", "generation.max_new_tokens=48"]
+        raise SystemExit(f"bench: task {task} reads {folder}, which does not exist; set PREFIXLAB_DATA to the folder "
+                         f"that holds {task}/")
+    return folder.resolve()
 
 
 def packed_benchmarks(args) -> list[dict]:

@@ -12,7 +12,6 @@ figure is padded tokens / real tokens (1.00 = no padding). Tokenized as training
 from __future__ import annotations
 
 import argparse
-import os
 import random
 from pathlib import Path
 
@@ -23,16 +22,15 @@ from prefixlab.config import register_configs
 from prefixlab.resume import ResumableDataModule
 from prefixlab.train import CONFIG_DIR
 
+from bench import shared_data_folder  # bench/bench.py: run as python bench/padding.py, bench/ is on the path
+
 LOCAL = {"e2e", "dart"}  # read from $PREFIXLAB_DATA/<task>, the shared development sets
 
 
 def lengths(task: str) -> tuple[list[int], int]:
     overrides = [f"task={task}"]
     if task in LOCAL:
-        folder = Path(os.environ.get("PREFIXLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) / task
-        if not folder.is_dir():
-            raise SystemExit(f"padding.py: {task} reads {folder}, which does not exist; set PREFIXLAB_DATA")
-        overrides.append(f"task.data_dir={folder.resolve()}")
+        overrides.append(f"task.data_dir={shared_data_folder(task)}")
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         settings = OmegaConf.to_object(compose(config_name="train", overrides=overrides))

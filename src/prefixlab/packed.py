@@ -452,6 +452,13 @@ def _record_input_error(job: PackedJob, error: BaseException) -> dict:
     return {"status": "failed", "error": f"{type(error).__name__}: {error}", "step": 0}
 
 
+def rows_per_forward_problem(requested: int | None) -> str | None:
+    """Why ``hydra.launcher.rows_per_forward`` cannot be used, or None (checked before anything loads)."""
+    if requested is not None and requested < 1:
+        return f"hydra.launcher.rows_per_forward={requested}: give a number of rows >= 1, or null for the default"
+    return None
+
+
 def choose_rows_per_forward(requested: int | None, device: torch.device, batch_sizes: list[int]) -> int | None:
     """How many rows go through the LM in one forward of a packed step (None: all of them).
 
@@ -479,8 +486,8 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
     from .reliability import record_failure
 
     started = time.time()
-    if rows_per_forward is not None and rows_per_forward < 1:
-        raise PackingError(f"rows_per_forward={rows_per_forward}: give a number of rows >= 1, or None for the default")
+    if rows_per_forward_problem(rows_per_forward):
+        raise PackingError(rows_per_forward_problem(rows_per_forward))
     results: list[dict | None] = [None] * len(jobs)
     valid: list[int] = []
     for i, job in enumerate(jobs):

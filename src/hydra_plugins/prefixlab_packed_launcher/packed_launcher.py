@@ -74,15 +74,14 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from prefixlab.packed import pack_key, packing_problem
+        from prefixlab.packed import pack_key, packing_problem, rows_per_forward_problem
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        if self.rows_per_forward is not None and self.rows_per_forward < 1:  # before any folder is made
-            sys.exit(f"prefixlab-train: error: hydra.launcher.rows_per_forward={self.rows_per_forward}: "
-                     "give a number of rows >= 1, or null for the default")
+        if rows_per_forward_problem(self.rows_per_forward):  # before any folder is made
+            sys.exit(f"prefixlab-train: error: {rows_per_forward_problem(self.rows_per_forward)}")
         configs: List[DictConfig] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

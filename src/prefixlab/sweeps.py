@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 # Metric names (the part after "test/" or "val/") and which way is better.
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl")
-HIGHER_IS_BETTER = ("rouge1", "rouge2", "rougeL", "bleu", "nist", "accuracy", "macro_f1", "exact_match", "f1")
+HIGHER_IS_BETTER = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "nist", "meteor", "cider", "accuracy", "macro_f1", "exact_match", "f1")
 
 
 class TrialFailed(RuntimeError):

@@ -45,7 +45,7 @@ def test_xsum_maps_document_and_summary_and_keeps_the_hub_splits(monkeypatch):
             (f"{split} article {i} text", f"{split} summary {i}", (f"{split} summary {i}",)) for i in range(3)
         ]  # whitespace normalized, the empty document skipped
     assert calls[0][0] == "EdinburghNLP/xsum" and len(calls) == 1  # loaded once for all splits
-    assert task.metric_names == ("rouge1", "rouge2", "rougeL")
+    assert task.metric_names == ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def test_cnn_dailymail_asks_for_config_3_0_0_and_joins_highlight_lines(monkeypatch):

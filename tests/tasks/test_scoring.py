@@ -119,7 +119,7 @@ def test_meteor_without_java_fails_clearly_and_the_task_says_so_before_training(
     from prefixlab import scoring
     from prefixlab.tasks import DataError, build_task
 
-    monkeypatch.setattr(scoring, "_meteor_process", None)
+    monkeypatch.setattr(scoring.coco, "_meteor_process", None)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(scoring.MetricUnavailableError, match="`java` is not on PATH: install a Java runtime"):
         meteor(["a b"], [("a b",)])

@@ -186,8 +186,12 @@ class HubTask:
 
 
 class Summarization(HubTask):
-    score = staticmethod(rouge)
-    metric_names = ("rouge1", "rouge2", "rougeL")
+    metric_names = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+    @staticmethod
+    def score(predictions: list[str], references: list[tuple[str, ...]]) -> dict[str, float]:
+        """ROUGE-1/2/L and the summary-level ROUGE-Lsum that CNN/DailyMail and XSum papers report."""
+        return rouge(predictions, references, summary_level=True)
     answer_cue = "Summary:"
 
     def __init__(self, data_dir: str | None = None) -> None:  # the hub splits are used as they are: no split_seed

@@ -1,0 +1,1 @@
+"""Console entry points that are thin shells over the package (``prefixlab-score``)."""

@@ -1,4 +1,4 @@
-"""Bootstrap each job's test BLEU over its test examples (95% interval, 1,000 resamples, seed 0) and
+"""Bootstrap each job's test BLEU (the E2E script's: mteval-v13a, prefixlab.scoring.mteval) over its test examples (95% interval, 1,000 resamples, seed 0) and
 paired differences: against one reference job, or for named pairs of jobs (same resamples, so the
 test inputs' difficulty cancels out).
 
@@ -6,7 +6,7 @@ usage: python experiments/bootstrap_bleu.py <sweep dir> [reference job]
        python experiments/bootstrap_bleu.py <sweep dir> <job>:<reference job> [<job>:<reference job> ...]"""
 import json, random, sys
 from pathlib import Path
-from prefixlab.scoring import corpus_bleu
+from prefixlab.scoring.mteval import bleu_counts, bleu_of_counts
 
 sweep = Path(sys.argv[1])
 jobs = {}
@@ -30,10 +30,11 @@ if len(sizes) != 1:
 n = sizes.pop()
 rng = random.Random(0)
 samples = [[rng.randrange(n) for _ in range(n)] for _ in range(1000)]
-def bleu(rows, idx): return corpus_bleu([rows[i]["prediction"] for i in idx], [tuple(rows[i]["references"]) for i in idx])
 stats = {}
 for name, rows in jobs.items():
-    stats[name] = [bleu(rows, range(n))] + [bleu(rows, s) for s in samples]
+    # BLEU's corpus statistics are sums over outputs: count each output once, resample the counts
+    counts = bleu_counts([r["prediction"] for r in rows], [tuple(r["references"]) for r in rows])
+    stats[name] = [100 * bleu_of_counts(counts)] + [100 * bleu_of_counts([counts[i] for i in s]) for s in samples]
     values = sorted(stats[name][1:])
     print(f"{name}: BLEU {stats[name][0]:.1f}  95% [{values[25]:.1f}, {values[974]:.1f}]  (n={n})")
 for name, ref in pairs:

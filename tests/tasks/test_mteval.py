@@ -136,3 +136,15 @@ def test_rouge_lsum_is_summary_level():
     # one LCS over the whole text finds only "the cat sat" (3 of 6 tokens); per sentence, every token matches
     assert swapped["rougeL"] == pytest.approx(50.0) and swapped["rougeLsum"] == pytest.approx(100.0)
     assert "rougeLsum" not in rouge(["a"], [("a",)])
+
+
+def test_bleu_from_per_output_counts_equals_the_corpus_bleu():
+    # what a bootstrap resamples: the sums of per-output counts are the corpus statistics
+    from prefixlab.scoring.mteval import bleu_counts, bleu_of_counts
+
+    outputs = ["the cat sat on the mat", "a b c", "The Eagle is a CAFÉ.", ""]
+    refs = [("the cat sat on a mat", "there is a cat"), ("a b d e",), ("The Eagle is a café.",), ("x y",)]
+    rows = bleu_counts(outputs, refs)
+    assert bleu_of_counts(rows) == pytest.approx(bleu(mteval_statistics(outputs, refs)), abs=1e-15)
+    assert bleu_of_counts([rows[0], rows[0], rows[2]]) == pytest.approx(
+        bleu(mteval_statistics([outputs[0], outputs[0], outputs[2]], [refs[0], refs[0], refs[2]])), abs=1e-15)

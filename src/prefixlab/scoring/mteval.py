@@ -136,13 +136,34 @@ def mteval_statistics(outputs: list[str], references: list[tuple[str, ...]]) -> 
     return stats
 
 
+def bleu_counts(outputs: list[str], references: list[tuple[str, ...]]) -> list[tuple[int, ...]]:
+    """Per output: (reference length, matches of orders 1-4, n-grams of orders 1-4). BLEU's corpus
+    statistics are their sums (``bleu_of_counts``), so a bootstrap resamples these rows instead of
+    tokenizing again."""
+    rows = []
+    for output, refs in zip(outputs, references, strict=True):
+        stats = mteval_statistics([output], [refs])
+        rows.append((stats.reference_length, *stats.matches[:BLEU_ORDER], *stats.output_ngrams[:BLEU_ORDER]))
+    return rows
+
+
+def bleu_of_counts(rows: list[tuple[int, ...]]) -> float:
+    """The corpus BLEU of ``bleu_counts`` rows (any subset or resample of them)."""
+    sums = [sum(column) for column in zip(*rows)] if rows else [0] * (1 + 2 * BLEU_ORDER)
+    return _bleu(sums[0], sums[1:1 + BLEU_ORDER], sums[1 + BLEU_ORDER:])
+
+
 def bleu(stats: MtevalStatistics) -> float:
     """mteval's smoothed corpus BLEU (a fraction, as the E2E script prints it)."""
-    output_words = stats.output_ngrams[0]
-    penalty = math.exp(min(0.0, 1 - stats.reference_length / output_words)) if output_words > 0 else 0.0
+    return _bleu(stats.reference_length, stats.matches, stats.output_ngrams)
+
+
+def _bleu(reference_length: int, matches: list[int], output_ngrams: list[int]) -> float:
+    output_words = output_ngrams[0]
+    penalty = math.exp(min(0.0, 1 - reference_length / output_words)) if output_words > 0 else 0.0
     log_sum, smooth = 0.0, 1
     for n in range(BLEU_ORDER):
-        total, matched = stats.output_ngrams[n], stats.matches[n]
+        total, matched = output_ngrams[n], matches[n]
         if total == 0:
             continue  # log(1): an order the outputs do not have does not count against them
         if matched == 0:

@@ -101,3 +101,15 @@ def test_console_script_is_installed():
     done = subprocess.run(["prefixlab-score", "--help"], capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert done.returncode == 0 and "official E2E NLG Challenge metrics" in done.stdout
+
+
+def test_a_runs_predictions_jsonl_is_scored_with_its_references(tmp_path, capsys):
+    rows = [{"id": "a", "prediction": "The Eagle is a pub.", "references": ["The Eagle is a pub.", "A pub."]},
+            {"id": "b", "prediction": "Blue Spice is cheap.", "references": ["Blue Spice is cheap."]}]
+    predictions = _write(tmp_path / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    refs = _write(tmp_path / "refs.txt", "The Eagle is a pub.\nA pub.\n\nBlue Spice is cheap.\n")
+    outputs = _write(tmp_path / "sys.txt", "The Eagle is a pub.\nBlue Spice is cheap.\n")
+    assert _scores(capsys, predictions) == pytest.approx(_scores(capsys, refs, outputs))
+    broken = _write(tmp_path / "broken.jsonl", json.dumps(rows[0]) + "\n{\"prediction\": 3}\n")
+    with pytest.raises(SystemExit, match=r"broken.jsonl line 2: not a predictions.jsonl row"):
+        score.main([str(broken)])

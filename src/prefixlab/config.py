@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ class ModelConfig:
     random_init: bool = field(default=False, metadata={"help": "random weights, same architecture (debug runs)"})
     config_overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {num_hidden_layers: 2}"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward: less memory, ~30% slower"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model's own Python code (config.json auto_map): only for a model you have inspected and trust; exported prefixes can never turn this on"})
 
 
 @dataclass
@@ -62,7 +64,7 @@ class TaskConfig:
     max_source_tokens: int = field(default=128, metadata={"help": "source truncated to this many tokens"})
     max_target_tokens: int = field(default=32, metadata={"help": "target truncated to this many tokens in training"})
     train_size: Optional[int] = field(default=None, metadata={"help": "low-data subset of the train split (None: all)"})
-    val_size: Optional[int] = field(default=24, metadata={"help": "validation examples generated (None: all)"})
+    val_size: Optional[int] = field(default=100, metadata={"help": "validation examples generated (None: all); they choose a sweep's best job"})
     test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: all)"})
     subset_seed: int = field(default=0, metadata={"help": "seed of the subsets above"})
     batch_size: int = 8
@@ -144,7 +146,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
-    optimized_metric: str = field(default="test/${task.primary_metric}", metadata={"help": "the value train() returns (for sweeps)"})
+    optimized_metric: str = field(default="val/${task.primary_metric}", metadata={"help": "the value train() returns: what a sweep selects on (val/...; test/... only typed, with a warning)"})
     run_name: str = "${task.name}-${method.name}-L${method.prefix_length}"
     resume: Optional[str] = field(
         default=None,
@@ -168,6 +170,19 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameter
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"{key}={value!r} is out of range: {allowed}")
+
+
+_WARNED_TEST_SELECTION: set[str] = set()  # the test/ metrics already warned about in this process
+
+
+def warn_test_selection(metric: str) -> None:
+    """One stderr line per process (a sweep validates every job) when a sweep would select on a test metric."""
+    if not metric.startswith("test/") or metric in _WARNED_TEST_SELECTION:
+        return
+    _WARNED_TEST_SELECTION.add(metric)
+    print(f"prefixlab-train: warning: optimized_metric={metric} chooses hyperparameters by a test metric, which "
+          f"inflates the reported best (the test set is then part of the selection); "
+          f"the default val/{metric.removeprefix('test/')} selects on validation", file=sys.stderr)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -269,3 +284,8 @@ def validate(cfg: TrainConfig) -> None:
              "null, auto, or the path of a .ckpt file")
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype, "float32 | bfloat16 | float16")
     _require(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", cfg.model.attn_implementation, "sdpa | eager")
+    # what train() returns: metrics.json holds only val/* and test/* (trainer.validate, then trainer.test)
+    _require(cfg.optimized_metric.startswith(("val/", "test/")) and len(cfg.optimized_metric.split("/", 1)[1]) > 0,
+             "optimized_metric", cfg.optimized_metric, "val/<metric> (the default: val/${task.primary_metric}), "
+             "or test/<metric> typed explicitly (it warns: selecting on test inflates the best)")
+    warn_test_selection(cfg.optimized_metric)

@@ -45,7 +45,7 @@ def convert(source: Path, to: str, out: Path, model: str | None) -> Path:
     from .engine.prefixed_lm import PrefixedCausalLM
     from .model_loading import load_lm
 
-    geometry = PrefixedCausalLM(load_lm(model)).geometry
+    geometry = PrefixedCausalLM(load_lm(model, trust_remote_code=False)).geometry  # converting never runs model code
     activations = load_peft_prefix(source, geometry, expected_model=None)
     length = activations.sites["decoder_self"].length
     return save_prefix(out, ExportedPrefix(activations, geometry, model, length, "prefix", {"converted_from": str(source)}))

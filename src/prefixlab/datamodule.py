@@ -97,6 +97,7 @@ class TaskDataModule(pl.LightningDataModule):
         is_encoder_decoder: bool = False,
         task_options: dict | None = None,
         cache_tokenized: bool = True,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -113,7 +114,7 @@ class TaskDataModule(pl.LightningDataModule):
         if self.splits:
             return
         hp = self.hparams
-        tokenizer = load_tokenizer(hp.tokenizer_name)
+        tokenizer = load_tokenizer(hp.tokenizer_name, trust_remote_code=bool(hp.get("trust_remote_code", False)))
         self.pad_id = tokenizer.pad_token_id
         self.formatter = PromptFormatter(
             tokenizer, self.task.instruction, self.task.answer_cue, hp.prompt_style, hp.max_source_tokens,

@@ -154,7 +154,7 @@ class EncoderDataModule(pl.LightningDataModule):
     def __init__(
         self, task_name: str, tokenizer_name: str, max_source_tokens: int = 256, train_size: int | None = None,
         val_size: int | None = None, test_size: int | None = None, subset_seed: int = 0, batch_size: int = 8,
-        eval_batch_size: int = 8, seed: int = 42, task_options: dict | None = None,
+        eval_batch_size: int = 8, seed: int = 42, task_options: dict | None = None, trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -167,7 +167,7 @@ class EncoderDataModule(pl.LightningDataModule):
         if self.splits:
             return
         hp = self.hparams
-        tokenizer = load_tokenizer(hp.tokenizer_name)
+        tokenizer = load_tokenizer(hp.tokenizer_name, trust_remote_code=bool(hp.get("trust_remote_code", False)))
         self.pad_id = tokenizer.pad_token_id
         sizes = {"train": hp.train_size, "validation": hp.val_size, "test": hp.test_size}
         for split, size in sizes.items():

@@ -53,7 +53,8 @@ def load_encoder(model: dict, kind: str, labels: list[str] | None = None):
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    config = load_config(model["name_or_path"])
+    trust_remote_code = bool(model.get("trust_remote_code", False))  # only a run's own config opts in
+    config = load_config(model["name_or_path"], trust_remote_code=trust_remote_code)
     for key, value in (model.get("config_overrides") or {}).items():
         if not hasattr(config, key):
             raise ValueError(f"model.config_overrides: {config.model_type} config has no field {key!r}")
@@ -66,13 +67,13 @@ def load_encoder(model: dict, kind: str, labels: list[str] | None = None):
     dtype = getattr(torch, model.get("dtype", "float32"))
     if model.get("random_init"):
         config._attn_implementation = model.get("attn_implementation", "sdpa")
-        return auto_class.from_config(config, dtype=dtype)
+        return auto_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized: classifier": expected, the head is what trains
     try:
         loaded, info = auto_class.from_pretrained(resolve(model["name_or_path"]), config=config, dtype=dtype,
                                                   attn_implementation=model.get("attn_implementation", "sdpa"),
-                                                  output_loading_info=True)
+                                                  output_loading_info=True, trust_remote_code=trust_remote_code)
     finally:
         hf_logging.set_verbosity(verbosity)
     # a frozen weight left at its random init would never be fixed by training: only the head may be new
@@ -285,10 +286,12 @@ def load_encoder_export(directory: Path, model: dict | None = None):
     from .model_loading import load_tokenizer
 
     config = read_head_config(directory)
-    model = model or {"name_or_path": config["base_model"]}
+    # only the base model's name is read from the export: an export folder never opts in to remote code
+    model = model or {"name_or_path": config["base_model"], "trust_remote_code": False}
     encoder = load_encoder(model, config["kind"], config["labels"]).eval()
     prefix = attach_export(encoder, directory)
-    return PrefixedEncoder(encoder).eval(), prefix, load_tokenizer(model["name_or_path"]), config
+    tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
+    return PrefixedEncoder(encoder).eval(), prefix, tokenizer, config
 
 
 def build_encoder_run(settings, resolved: dict) -> tuple[EncoderDataModule, EncoderTaskModule]:
@@ -298,6 +301,7 @@ def build_encoder_run(settings, resolved: dict) -> tuple[EncoderDataModule, Enco
     datamodule = EncoderDataModule(
         task.name, settings.model.name_or_path, task.max_source_tokens, task.train_size, task.val_size, task.test_size,
         task.subset_seed, task.batch_size, task.eval_batch_size, seed=settings.seed, task_options=task_options(task),
+        trust_remote_code=settings.model.trust_remote_code,
     )
     datamodule.setup("fit")
     module = EncoderTaskModule(

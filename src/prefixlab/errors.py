@@ -5,10 +5,10 @@ from .config import ConfigError
 from .engine.export import PrefixFormatError
 from .engine.families import UnsupportedModelError
 from .methods import MethodNotSupportedError
-from .model_loading import ModelNotFoundError
+from .model_loading import ModelNotFoundError, RemoteCodeError
 from .resume import CheckpointError
 from .runs import OutputDirError
 from .tasks import DataError
 
 USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError,
-               MethodNotSupportedError, CheckpointError)
+               MethodNotSupportedError, CheckpointError, RemoteCodeError)

@@ -93,11 +93,12 @@ class MixedPrefixGenerator:
         from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
         from .model_loading import load_config, load_lm, load_tokenizer
 
-        config = load_config(model_name)  # a wrong model name fails before anything loads
+        # trust_remote_code=False always: the model name may come from a prefix folder, which never opts in
+        config = load_config(model_name, trust_remote_code=False)  # a wrong model name fails before anything loads
         self.model_name = model_name
         self.is_encoder_decoder = bool(config.is_encoder_decoder)
-        lm = load_lm(model_name).requires_grad_(False).eval()
-        self.tokenizer = load_tokenizer(model_name)
+        lm = load_lm(model_name, trust_remote_code=False).requires_grad_(False).eval()
+        self.tokenizer = load_tokenizer(model_name, trust_remote_code=False)
         self.model = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm)
         self.prefixes, self.infixes = {}, set()
         for name, directory in prefix_dirs.items():

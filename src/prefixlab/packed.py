@@ -505,7 +505,7 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
         return results
     first = jobs[valid[0]].settings
     try:
-        model_config = load_config(first.model.name_or_path)  # a wrong model name fails here, before loading
+        model_config = load_config(first.model.name_or_path, trust_remote_code=first.model.trust_remote_code)  # a wrong model name fails here, before loading
         adapter = adapter_for_model_type(model_config.model_type)
         if adapter.is_encoder_decoder or adapter.is_encoder_only:
             raise PackingError(f"launcher=packed trains decoder-only LMs; {model_config.model_type!r} is not one "

@@ -14,6 +14,10 @@ question) when ``optim.lr`` varies, the metric of every completed job as bars (a
 table at a glance), and the loss curves; and when seeds or data subsets vary (``seed``,
 ``task.subset_seed``), the metric's mean and spread over them per setting. Failed and unfinished jobs are rows with
 their status; they never stop the report.
+
+The best job is chosen on validation (``val/<metric>``, the metric the sweep optimized) and reported with
+its test figures; runs that logged no validation metric fall back to test, and report.md says that this
+inflates the figure (``selection``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import glob
 import io
 import json
 import math
+import re
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -201,14 +206,42 @@ def read_wandb_history(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _resolved(config: dict) -> dict:
-    """Hydra saves the config with its interpolations (``optimized_metric: test/${task.primary_metric}``)."""
-    from omegaconf import OmegaConf
+_REFERENCE = re.compile(r"(?<!\\)\$\{([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\}")  # ${task.primary_metric}; never ${oc.env:X}
 
-    try:
-        return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-    except Exception:  # an interpolation that needs the run (a custom resolver): keep it as written
-        return config
+
+def _resolved(config: dict) -> dict:
+    """Hydra saves the config with its interpolations (``optimized_metric: val/${task.primary_metric}``).
+    Only references to other keys of the same config (``${a.b}``) are filled in, from the saved config
+    itself; resolvers (``${oc.env:SECRET}``, ``${now:...}``) are never called and stay as written, so
+    nothing from the environment reaches the report."""
+
+    def lookup(dotted: str, seen: tuple[str, ...]) -> Any:
+        node: Any = config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return fill(node, (*seen, dotted)) if dotted not in seen else None
+
+    def fill(value: Any, seen: tuple[str, ...] = ()) -> Any:
+        if isinstance(value, dict):
+            return {k: fill(v, seen) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v, seen) for v in value]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        whole = _REFERENCE.fullmatch(value)
+        if whole:  # the whole value is one reference: keep the referenced value's type
+            found = lookup(whole.group(1), seen)
+            return value if found is None or isinstance(found, (dict, list)) else found
+
+        def one(match: re.Match) -> str:
+            found = lookup(match.group(1), seen)
+            return match.group(0) if found is None or isinstance(found, (dict, list)) else str(found)
+
+        return _REFERENCE.sub(one, value)
+
+    return fill(config)
 
 
 def read_job(path: Path, label: str) -> Job:
@@ -269,20 +302,54 @@ def varying_overrides(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({_text(job.setting(k)) for job in jobs}) > 1]
 
 
+def _logged_metrics(jobs: list[Job]) -> set[str]:
+    return {k for job in jobs if job.metrics for k, v in job.metrics.items()
+            if k.startswith(("val/", "test/")) and _number(v) is not None and not isinstance(v, bool)}
+
+
 def metric_names(jobs: list[Job]) -> list[str]:
-    names = {k for job in jobs if job.metrics for k, v in job.metrics.items()
-             if k.startswith(("val/", "test/")) and _number(v) is not None and not isinstance(v, bool)}
-    primary = primary_metric(jobs)
-    return sorted(names, key=lambda k: (k != primary, not k.startswith("test/"), "zero_shot" in k, k))
+    """The val/ and test/ metrics any job logged: the one that chooses (``selection``) and the test
+    figure it reports first, then test, then validation metrics."""
+    chosen = selection(jobs)
+    first = [m for m in (chosen.metric, chosen.reported) if m]
+    return sorted(_logged_metrics(jobs), key=lambda k: (k not in first, first.index(k) if k in first else 0,
+                                                        not k.startswith("test/"), "zero_shot" in k, k))
 
 
-def primary_metric(jobs: list[Job]) -> str | None:
-    """The sweep's optimized metric (``optimized_metric`` in the jobs' config), if the jobs logged it."""
-    for job in jobs:
-        name = job.config.get("optimized_metric")
-        if name and any(other.metrics and name in other.metrics for other in jobs):
-            return name
-    return None
+@dataclass
+class Selection:
+    """How the report chooses the best job: ``metric`` (a val/ metric, or test/ when no job logged the
+    validation one: ``fell_back``) and ``reported``, the test figure shown for the chosen job.
+    ``optimized_on_test``: the jobs' own optimized_metric, when it was a test/ one."""
+    metric: str | None
+    reported: str | None
+    fell_back: bool = False
+    optimized_on_test: str | None = None
+
+
+def selection(jobs: list[Job]) -> Selection:
+    """Validation chooses: ``val/<name>`` for the jobs' optimized_metric (val/ or test/, the name is the
+    same) or, without one, their task.primary_metric; the report shows that job's ``test/<name>``. Old
+    runs that logged only ``test/<name>`` fall back to it (their report says the figure is inflated)."""
+    logged = _logged_metrics(jobs)
+    optimized = next((str(job.config["optimized_metric"]) for job in jobs if job.config.get("optimized_metric")), None)
+    primary = next((str(job.config["task"]["primary_metric"]) for job in jobs if isinstance(job.config.get("task"), dict)
+                    and job.config["task"].get("primary_metric")), None)
+    name = optimized.split("/", 1)[1] if optimized and optimized.startswith(("val/", "test/")) else primary
+    on_test = optimized if optimized and optimized.startswith("test/") else None
+    if name is None:  # no config says: the first validation score logged (losses last)
+        scores = sorted((m for m in logged if "zero_shot" not in m),
+                        key=lambda m: (not m.startswith("val/"), lower_is_better(m), m))
+        if not scores:
+            return Selection(None, None)
+        name = scores[0].split("/", 1)[1]
+    val, test = f"val/{name}", f"test/{name}"
+    reported = test if test in logged else None
+    if val in logged:
+        return Selection(val, reported, optimized_on_test=on_test)
+    if test in logged:
+        return Selection(test, test, fell_back=True, optimized_on_test=on_test)
+    return Selection(None, None, optimized_on_test=on_test)
 
 
 LOWER_IS_BETTER = {"loss", "perplexity", "ppl", "error", "wer", "cer", "ter"}
@@ -307,6 +374,40 @@ def best_jobs(jobs: list[Job], metrics: list[str]) -> dict[str, tuple[Job, float
             job, value = min(scored, key=lambda pair: sign * pair[1])
             best[metric] = (job, value, sum(v == value for _, v in scored))
     return best
+
+
+def selection_lines(jobs: list[Job], chosen: Selection, keys: list[str]) -> list[str]:
+    """The report's "Best job" section: the job validation chose and that job's test figures."""
+    lines = ["## Best job", ""]
+    if chosen.optimized_on_test:
+        lines += [f"The jobs ran with optimized_metric={chosen.optimized_on_test} (typed, or the old default): where a "
+                  "search chose the trials by it (Optuna, a W&B sweep), it has seen the test set, which inflates even a "
+                  "choice made on validation; a grid is unaffected.", ""]
+    best = best_jobs(jobs, [chosen.metric]).get(chosen.metric) if chosen.metric else None
+    if best is None:
+        return lines + ["No completed job has a validation or test value of the selection metric "
+                        f"({chosen.metric or 'none found'})."]
+    job, value, ties = best
+    where = f"job {job.label}" + (f" ({differences(job, keys)})" if keys else "")
+    tied = f" (tied with {ties - 1} more on {chosen.metric}: the first is taken)" if ties > 1 else ""
+    figures = [f"{chosen.metric} {value:.4g}"]
+    reported = _number((job.metrics or {}).get(chosen.reported)) if chosen.reported else None
+    if chosen.reported and chosen.reported != chosen.metric:
+        figures.append(f"{chosen.reported} {reported:.4g}" if reported is not None else f"no {chosen.reported}")
+    if chosen.fell_back:
+        name = chosen.metric.split("/", 1)[1]
+        lines.append(f"Best by {chosen.metric}: no job logged val/{name}, so selection fell back to the test metric, "
+                     f"which inflates the figure (the test set both chose the job and scores it): "
+                     f"{where}{tied}, {', '.join(figures)}")
+    else:
+        lines.append(f"Best by {chosen.metric} (validation chooses; the test figures are that job's): "
+                     f"{where}{tied}, {', '.join(figures)}")
+    tests = {k: v for k, v in (job.metrics or {}).items()
+             if k.startswith("test/") and (n := _number(v)) is not None and not isinstance(v, bool) and math.isfinite(n)}
+    if tests:
+        lines += ["", f"Test figures of job {job.label}:", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_cell(k, float(v))} |" for k, v in sorted(tests.items(), key=lambda kv: ("zero_shot" in kv[0], kv[0]))]
+    return lines
 
 
 def _text(value: Any) -> str:
@@ -434,24 +535,27 @@ def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x:
     return None
 
 
-def metric_per_job(jobs: list[Job], metric: str, path: Path) -> str | None:
+def metric_per_job(jobs: list[Job], metric: str, path: Path, chosen: tuple[Job, str] | None = None) -> str | None:
     """``metric`` of every completed job as one horizontal bar each, labelled with what sets the
-    job apart (``method=adapter_3pct``). Returns why it was skipped, or None."""
+    job apart (``method=adapter_3pct``); in orange the job ``chosen`` (the job, the metric that chose
+    it: validation), else the best bar. Returns why it was skipped, or None."""
     keys = varying_overrides(jobs)
-    bars = [(varying_label(job, keys), value) for job in jobs
+    bars = [(job, varying_label(job, keys), value) for job in jobs
             if job.status == "completed" and (value := _number((job.metrics or {}).get(metric))) is not None
             and math.isfinite(value)]
     if len(bars) < 2:
         return f"fewer than two completed jobs have {metric}"
     plt, fig, ax = _figure()
-    best = (min if lower_is_better(metric) else max)(value for _, value in bars)
+    best = (min if lower_is_better(metric) else max)(value for _, _, value in bars)
+    orange = [job is chosen[0] for job, _, _ in bars] if chosen else [value == best for _, _, value in bars]
+    bars = [(label, value) for _, label, value in bars]
     positions = range(len(bars))[::-1]  # the first job on top, as in the table
-    ax.barh(list(positions), [value for _, value in bars],
-            color=["C1" if value == best else "C0" for _, value in bars])
+    ax.barh(list(positions), [value for _, value in bars], color=["C1" if mark else "C0" for mark in orange])
     ax.set_yticks(list(positions), [label for label, _ in bars], fontsize="small")
     for y, (_, value) in zip(positions, bars):
         ax.annotate(f"{value:.4g}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize="x-small")
-    ax.set_xlabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better; best in orange)")
+    ax.set_xlabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better; "
+                  + (f"orange: the job {chosen[1]} chose)" if chosen else "best in orange)"))
     ax.grid(alpha=0.3, axis="x")
     fig.set_size_inches(7.2, 1.2 + 0.35 * len(bars))
     _save(plt, fig, path)
@@ -485,7 +589,12 @@ def loss_curves(jobs: list[Job], path: Path) -> str | None:
 
 def varying_label(job: Job, keys: list[str]) -> str:
     """``3: prefix_length=10, method=prefix``: the job and what sets it apart."""
-    return f"{job.label}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_text(job.setting(k))}" for k in keys) if keys else job.label
+    return f"{job.label}: {differences(job, keys)}" if keys else job.label
+
+
+def differences(job: Job, keys: list[str]) -> str:
+    """``prefix_length=10, method=prefix``: the job's values of the varying overrides."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_text(job.setting(k))}" for k in keys)
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -493,8 +602,13 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
     jobs = find_jobs(sweep_dirs)
     columns, rows = table(jobs)
     metrics = metric_names(jobs)
-    metric = metric or primary_metric(jobs) or next((m for m in metrics if m.startswith("test/")), None) or (metrics[0] if metrics else None)
-    best = best_jobs(jobs, metrics)
+    chosen = selection(jobs)
+    # the plots show the test figures (report on test); the best job is chosen on validation (below)
+    metric = (metric or chosen.reported or chosen.metric or next((m for m in metrics if m.startswith("test/")), None)
+              or (metrics[0] if metrics else None))
+    # each metric's own best, for reading: validation metrics only, unless no job logged one (old runs)
+    per_metric = [m for m in metrics if m.startswith("val/")] or metrics
+    best = best_jobs(jobs, per_metric)
     keys = varying_overrides(jobs)
 
     plots, skipped = [], []
@@ -508,8 +622,9 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
             (out / name).unlink(missing_ok=True)  # a figure from an earlier report of this folder
         else:
             plots.append((title, name))
-    for title, name, why in ((f"{metric} per job", "metric_per_job.png",
-                              "no job has a metric" if metric is None else metric_per_job(jobs, metric, out / "metric_per_job.png")),
+    picked = best_jobs(jobs, [chosen.metric]).get(chosen.metric) if chosen.metric else None
+    for title, name, why in ((f"{metric} per job", "metric_per_job.png", "no job has a metric" if metric is None else
+                              metric_per_job(jobs, metric, out / "metric_per_job.png", picked and (picked[0], chosen.metric))),
                              ("loss curves", "loss_curves.png", loss_curves(jobs, out / "loss_curves.png"))):
         if why:
             skipped.append((title, why))
@@ -529,13 +644,16 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
         "",
         markdown_table(columns, rows),
         "",
-        "## Best job per metric",
+        *selection_lines(jobs, chosen, keys),
+        "",
+        "## Best job per validation metric" if any(m.startswith("val/") for m in per_metric)
+        else "## Best job per metric" + (" (no validation metrics: chosen on test, inflated)" if per_metric else ""),
         "",
     ]
     if best:
-        lines += ["| metric | better | job | value |", "|---|---|---|---|"]
+        lines += ["| metric | better | job | value | that job's test figure |", "|---|---|---|---|---|"]
         lines += [f"| {m} | {'lower' if lower_is_better(m) else 'higher'} | {varying_label(job, keys)}"
-                  f"{f' (tied with {ties - 1} more)' if ties > 1 else ''} | {value:.4g} |"
+                  f"{f' (tied with {ties - 1} more)' if ties > 1 else ''} | {value:.4g} | {_test_figure(job, m)} |"
                   for m, (job, value, ties) in best.items()]
     else:
         lines.append("No completed job has a metric.")
@@ -554,6 +672,15 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
     return out / "report.md"
 
 
+def _test_figure(job: Job, metric: str) -> str:
+    """``test/rougeL 0.3``: the test counterpart of a validation metric for this job ("" for a test metric)."""
+    if not metric.startswith("val/"):
+        return ""
+    test = "test/" + metric.split("/", 1)[1]
+    value = _number((job.metrics or {}).get(test))
+    return f"{test} {value:.4g}" if value is not None else ""
+
+
 def expand(patterns: list[str]) -> list[Path]:
     """Paths and globs, in the order given; a glob that matches nothing is kept (and reported as missing)."""
     dirs = []
@@ -567,7 +694,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prefixlab-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", help="multirun folder(s) or a glob of them")
     parser.add_argument("--out", type=Path, help="where report.md, report.csv and the plots go (default: the sweep folder)")
-    parser.add_argument("--metric", help="the metric of the plots (default: the sweep's optimized_metric)")
+    parser.add_argument("--metric", help="the metric of the plots (default: the test figure of the sweep's "
+                        "optimized_metric; the best job is always chosen on validation)")
     args = parser.parse_args(argv)
     sweeps = expand(args.sweeps)
     try:

@@ -9,6 +9,8 @@ and the batches an interrupted epoch already consumed are skipped).
 Checkpoints are written atomically (``runs.AtomicCheckpointIO``), so a run killed while saving
 keeps its previous ``last.ckpt``; ``read_checkpoint`` turns a truncated file, a foreign one,
 or one from another method or model into one ``CheckpointError`` before training starts.
+A checkpoint is data: it is loaded with ``weights_only=True``, so a pickle that would build
+arbitrary objects or call functions is refused (and reported as such), never run.
 """
 
 from __future__ import annotations
@@ -58,6 +60,78 @@ _MUST_MATCH = {
 }
 
 
+_PICKLE_STRINGS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+
+
+def _globals_in_pickle(stream) -> list[str]:
+    """The classes and functions one pickle names (GLOBAL, INST, STACK_GLOBAL), read from its
+    opcodes with pickletools: nothing is unpickled. Raises ValueError for a stream that is not a
+    whole pickle."""
+    import pickletools
+
+    names: list[str] = []
+    recent: list[Any] = []  # what each op pushed (strings kept: STACK_GLOBAL takes the last two)
+    memo: dict[int, Any] = {}
+    for opcode, arg, _ in pickletools.genops(stream):
+        op = opcode.name
+        if op in ("GLOBAL", "INST"):
+            module, _, name = str(arg).partition(" ")
+            names.append(f"{module}.{name}")
+            recent.append(None)
+        elif op == "STACK_GLOBAL":
+            module, name = recent[-2:] if len(recent) >= 2 else (None, None)
+            names.append(f"{module if isinstance(module, str) else '?'}.{name if isinstance(name, str) else '?'}")
+            recent.append(None)
+        elif op in _PICKLE_STRINGS:
+            recent.append(arg if isinstance(arg, str) else None)
+        elif op == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+        elif op in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = recent[-1] if recent else None
+        elif op in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(arg))
+        elif op not in ("PROTO", "FRAME", "STOP"):
+            recent.append(None)
+    return names
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The classes and functions a checkpoint's pickles name that ``torch.load(weights_only=True)``
+    refuses (torch's allowlist of tensor-rebuilding and container types aside), found without
+    unpickling anything; [] when there are none or the pickles cannot be parsed (a damaged file)."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):  # torch's format: the object pickle is <archive>/data.pkl
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith(".pkl"):
+                        with archive.open(member) as stream:
+                            found += _globals_in_pickle(stream)
+        else:  # a bare pickle, or torch's legacy format: several pickles, then raw tensor bytes
+            with open(path, "rb") as stream:
+                while stream.peek(1):  # b"" at the end of the file
+                    try:
+                        found += _globals_in_pickle(stream)
+                    except ValueError:
+                        break
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        pass
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+
+        allowed = {*_get_allowed_globals(), *_get_user_allowed_globals()}
+    except (ImportError, AttributeError):  # another torch: judge by module
+        allowed = None
+    refused = []
+    for name in found:
+        name = "builtins." + name[len("__builtin__."):] if name.startswith("__builtin__.") else name
+        module = name.rsplit(".", 1)[0]
+        ok = name in allowed if allowed is not None else module.split(".")[0] in ("torch", "collections", "builtins", "_codecs")
+        if not ok and name not in refused:
+            refused.append("".join(c if c.isprintable() else "?" for c in name)[:80])
+    return sorted(refused, key=lambda n: n.startswith("torch."))  # a foreign module first: the likely payload
+
+
 def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> dict[str, Any]:
     """Load ``path`` and check that it is a prefixlab training checkpoint for this model, method
     and task. Returns {"global_step", "shapes": {name: shape of each saved trainable tensor}}.
@@ -77,6 +151,14 @@ def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> di
         # weights_only: a checkpoint is data; never run code from a file found on disk
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        refused = _refused_globals(path)
+        if refused:  # not damage: the pickle asks to build objects / call functions (a payload), and nothing ran
+            raise CheckpointError(
+                f"checkpoint {path} contains pickled code or objects ({', '.join(refused[:3])}"
+                f"{' ...' if len(refused) > 3 else ''}) that prefixlab refuses to load: checkpoints are read as data "
+                "only (torch.load weights_only=True), so none of it ran; resume from a checkpoint prefixlab wrote, "
+                "or start fresh (resume=null)"
+            ) from error
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(error).__name__}: {reason[:200]}); "
@@ -205,6 +287,7 @@ class ResumableDataModule(TaskDataModule):
             task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
             task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
             seed=settings.seed, is_encoder_decoder=is_encoder_decoder, task_options=task_options(task),
+            trust_remote_code=settings.model.trust_remote_code,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -42,7 +42,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
 
     check_writable(run_dir)
-    model_config = load_config(settings.model.name_or_path)  # a wrong model name fails here, before any weights load
+    model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)  # a wrong model name fails here, before any weights load
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_method_fits_model(resolved["method"], model_config)
     task = settings.task

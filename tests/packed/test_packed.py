@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from prefixlab.config import register_configs
 from prefixlab.engine.export import load_prefix
-from prefixlab.packed import PackedJob, pack_key, packing_problem, train_packed
+from prefixlab.packed import PackedJob, optimized_value, pack_key, packing_problem, train_packed
 from prefixlab.train import CONFIG_DIR, train
 
 from tests.pipeline.helpers import TINY_CLI, load_tiny_lm
@@ -303,6 +303,8 @@ def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
             assert metrics["status"] == "failed" and "method.prefix_length=0 is out of range" in metrics["error"]
             continue
         assert metrics["status"] == "completed" and metrics["steps"] == 3 and metrics["packed_jobs"] == 2
+        # what the launcher returns for the job (its optimized metric, validation's) is in metrics.json
+        assert config.optimized_metric == "val/rougeL" and optimized_value(metrics, config.optimized_metric) == metrics["val/rougeL"]
         assert load_prefix(run_dir / "prefix").prefix_length == length
         assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 4
         assert (run_dir / "csv" / "metrics.csv").is_file()

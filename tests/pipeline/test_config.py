@@ -72,7 +72,9 @@ def test_every_experiment_file_composes():
     import pathlib
 
     for path in sorted(pathlib.Path(CONFIG_DIR, "experiment").glob("*.yaml")):
-        validate(OmegaConf.to_object(compose_train([f"experiment={path.stem}"])))
+        settings = OmegaConf.to_object(compose_train([f"experiment={path.stem}"]))
+        validate(settings)
+        assert settings.optimized_metric == f"val/{settings.task.primary_metric}", path.stem  # validation selects
 
 
 def test_mid_dim_on_a_method_without_mlp_is_rejected():
@@ -86,3 +88,54 @@ def test_every_method_config_composes_and_validates():
 
     for path in sorted(pathlib.Path(CONFIG_DIR, "method").glob("*.yaml")):
         validate(OmegaConf.to_object(compose_train([f"method={path.stem}"])))
+
+
+# ---- select on validation, report on test ------------------------------------------------------
+DEFAULT_VAL_SIZES = {"bbc_headline": 100, "e2e": 100, "dart": 100, "webnlg": 100, "local": 100, "xsum": 32,
+                     "cnn_dailymail": 32, "bbc_topic": 100, "ag_news": 200, "sst2": 200, "country_qa": 48,
+                     "country_qa_extractive": 48, "squad": 200}
+
+
+def test_the_default_optimized_metric_is_the_tasks_validation_metric(capsys):
+    register_configs()
+    primaries = {"bbc_headline": "rougeL", "e2e": "bleu", "country_qa": "exact_match"}  # every task: tests/sweeps
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        composed = {task: OmegaConf.to_object(compose(config_name="train", overrides=[f"task={task}"])) for task in primaries}
+    assert {task: s.optimized_metric for task, s in composed.items()} == {t: f"val/{m}" for t, m in primaries.items()}
+    for settings in composed.values():
+        validate(settings)
+    assert capsys.readouterr().err == ""  # no warning by default
+
+
+def test_default_val_sizes_are_large_enough_to_select_on():
+    import pathlib
+
+    import yaml
+
+    found = {}
+    for path in sorted(pathlib.Path(CONFIG_DIR, "task").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        found[path.stem] = data.get("task", data)["val_size"]  # bbc_headline.yaml is the task node itself
+    assert found == DEFAULT_VAL_SIZES
+    assert TrainConfig().task.val_size == DEFAULT_VAL_SIZES["bbc_headline"]  # the schema default is the default task's
+
+
+def test_a_typed_test_metric_is_allowed_and_warns_once(monkeypatch, capsys):
+    import prefixlab.config as config
+
+    monkeypatch.setattr(config, "_WARNED_TEST_SELECTION", set())  # as in a fresh process
+    settings = OmegaConf.to_object(compose_train(["task=e2e", "optimized_metric=test/bleu"]))
+    assert settings.optimized_metric == "test/bleu"
+    for _ in range(3):  # a sweep validates every job in one process (train, train_packed): one line for all
+        validate(settings)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("prefixlab-train: warning: optimized_metric=test/bleu chooses hyperparameters by a test metric")
+    assert "inflates the reported best" in err and "val/bleu" in err
+
+
+@pytest.mark.parametrize("metric", ["bleu", "train/loss", "val/", "validation/bleu"])
+def test_an_optimized_metric_that_metrics_json_cannot_hold_is_refused(metric):
+    settings = OmegaConf.to_object(compose_train([f"optimized_metric={metric}"]))
+    with pytest.raises(ConfigError, match=f"optimized_metric='{metric}' is out of range: val/<metric>"):
+        validate(settings)

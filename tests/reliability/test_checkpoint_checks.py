@@ -2,6 +2,7 @@
 CheckpointError naming the file and what is wrong, never a torch traceback mid-run."""
 
 import json
+import os
 import pickle
 
 import pytest
@@ -47,7 +48,7 @@ UNREADABLE = {  # file content -> what the message says
     "truncated to 100 bytes": (lambda raw: raw[:100], "cannot be read"),
     "random bytes": (lambda raw: bytes(range(256)) * 40, "cannot be read"),
     "a JSON file": (lambda raw: b'{"state_dict": {}}', "cannot be read"),
-    "a pickle with code": (lambda raw: pickle.dumps({"state_dict": NotData()}), "cannot be read"),
+    "a pickle with code": (lambda raw: pickle.dumps({"state_dict": NotData()}), "contains pickled code or objects"),
     # torch.load reads a flipped bit in tensor data without complaint: the zip CRCs catch it
     "one flipped byte in the tensor data": (lambda raw: _flip(raw, len(raw) // 2), "fails its checksum"),
     "one flipped byte near the end": (lambda raw: _flip(raw, len(raw) - 2000), "corrupted"),
@@ -69,6 +70,48 @@ def test_unreadable_checkpoints_are_one_clear_error(tmp_path, good, kind):
     message = str(info.value)
     assert str(bad) in message and expected in message
     assert "\n" not in message
+
+
+class Payload:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_pickle_payload_is_named_as_such_and_never_runs(tmp_path, writer):
+    marker = tmp_path / "payload_ran"
+    assert os.system("true") == 0  # the shell works here: the payload would run if unpickled
+    checkpoint = {"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"x": [Payload(marker)]}, "global_step": 1,
+                  "loops": {}, "optimizer_states": []}
+    path = tmp_path / "payload.ckpt"
+    if writer == "torch.save":
+        torch.save(checkpoint, path)
+    else:
+        path.write_bytes(pickle.dumps(checkpoint, protocol=4))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, {}, {}, "t")
+    message = str(info.value)
+    assert not marker.exists(), "the pickled payload ran"
+    assert str(path) in message and "\n" not in message
+    assert "contains pickled code or objects (posix.system" in message and "refuses to load" in message
+    assert "weights_only" in message and "truncated" not in message and "corrupted" not in message
+
+
+def test_damaged_files_are_not_called_payloads(tmp_path):
+    path = tmp_path / "damaged.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    for raw in (path.read_bytes()[:300], bytes(range(256)) * 40, pickle.dumps({"w": [1, 2]})[:-5]):
+        path.write_bytes(raw)
+        with pytest.raises(CheckpointError, match="truncated or corrupted"):
+            read_checkpoint(path, {}, {}, "t")
 
 
 FOREIGN = {  # what the file holds -> what the message says

@@ -40,13 +40,14 @@ def make_job(sweep: Path, num: int, overrides: list[str], choices: dict, config:
     return job
 
 
-def job_config(method: str, prefix_length: int, train_size=None, lr=5e-4) -> dict:
+def job_config(method: str, prefix_length: int, train_size=None, lr=5e-4, stage: str = "val") -> dict:
+    """The saved config of a job; stage="test": a run from before validation chose (or optimized_metric=test/...)."""
     return {
         "model": {"name_or_path": "embedded:smollm2-135m-instruct", "random_init": True},
         "method": {"name": method, "prefix_length": prefix_length},
         "task": {"name": "bbc_headline", "train_size": train_size, "primary_metric": "rougeL"},
         "optim": {"lr": lr},
-        "optimized_metric": "test/${task.primary_metric}",  # as Hydra saves it: unresolved
+        "optimized_metric": stage + "/${task.primary_metric}",  # as Hydra saves it: unresolved
         "run_name": "${task.name}-${method.name}-L${method.prefix_length}",
     }
 

@@ -45,7 +45,8 @@ def test_table_has_a_row_per_job_with_only_the_overrides_that_differ(sweep):
     columns = list(rows[0])
     assert "model" not in columns  # the same in every job
     assert columns[:4] == ["job", "method.prefix_length", "method", "status"]
-    assert columns[4] == "test/rougeL"  # the sweep's optimized_metric (resolved from test/${task.primary_metric}) first
+    # the sweep's optimized_metric (resolved from val/${task.primary_metric}) first, then the test figure it reports
+    assert columns[4:6] == ["val/rougeL", "test/rougeL"]
     # a job that did not override the method ran the default choice, read from .hydra/hydra.yaml
     assert [(r["method.prefix_length"], r["method"]) for r in rows] == [
         ("1", "prefix"), ("5", "prefix"), ("5", "prefix_flat"), ("10", "prefix"), ("20", "prefix")]
@@ -57,8 +58,8 @@ def test_table_has_a_row_per_job_with_only_the_overrides_that_differ(sweep):
 
     md = (sweep / "report.md").read_text()
     assert "5 jobs: 3 completed, 1 failed, 1 " + NO_METRICS in md
-    assert "| 3 | 10 | prefix | failed | 0.99 |" in md  # listed with its status, never ranked (below)
-    assert "| 1 | 5 | prefix | completed | 0.3 |" in md and "| 500 |" in md
+    assert "| 3 | 10 | prefix | failed |  | 0.99 |" in md  # listed with its status, never ranked (below)
+    assert "| 1 | 5 | prefix | completed | 0.15 | 0.3 |" in md and "| 500 |" in md
 
 
 def test_best_job_per_metric_uses_the_metric_direction_and_completed_jobs_only(sweep):
@@ -73,8 +74,10 @@ def test_best_job_per_metric_uses_the_metric_direction_and_completed_jobs_only(s
 
     main([str(sweep)])
     md = (sweep / "report.md").read_text()
-    assert "| test/rougeL | higher | 1: prefix_length=5, method=prefix | 0.3 |" in md
-    assert "| val/loss | lower | 2: prefix_length=5, method=prefix_flat | 1.2 |" in md
+    assert "## Best job per validation metric" in md  # each test metric's own pick is not listed: no choosing by test
+    assert "| val/rougeL | higher | 1: prefix_length=5, method=prefix | 0.15 | test/rougeL 0.3 |" in md
+    assert "| val/loss | lower | 2: prefix_length=5, method=prefix_flat | 1.2 | test/loss 2.4 |" in md
+    assert "| test/rougeL | higher |" not in md
 
 
 def test_ties_name_the_first_job_and_say_so(tmp_path):
@@ -82,7 +85,9 @@ def test_ties_name_the_first_job_and_say_so(tmp_path):
     for num in range(3):
         make_job(root, num, [f"seed={num}"], PREFIX, {**job_config("prefix", 5), "seed": num}, completed(0.5, 1.0, 10))
     main([str(root)])
-    assert "| test/rougeL | higher | 0: seed=0 (tied with 2 more) | 0.5 |" in (root / "report.md").read_text()
+    md = (root / "report.md").read_text()
+    assert "| val/rougeL | higher | 0: seed=0 (tied with 2 more) | 0.25 | test/rougeL 0.5 |" in md
+    assert "job 0 (seed=0) (tied with 2 more on val/rougeL: the first is taken), val/rougeL 0.25, test/rougeL 0.5" in md
 
 
 def test_figure_4_has_one_line_per_method_and_the_pngs_are_written(sweep):
@@ -250,3 +255,46 @@ def test_no_line_figure_when_the_value_only_follows_another_override(tmp_path):
     md = (root / "report.md").read_text()
     assert "skipped test/rougeL vs learning rate: `optim.lr` does not take two values within any one setting" in md
     assert not (root / "metric_vs_learning_rate.png").exists() and (root / "metric_per_job.png").exists()
+
+
+def test_the_best_job_is_chosen_on_validation_and_reported_with_its_test_figures(tmp_path):
+    """Validation and test disagree: job 1 is best on val/rougeL, job 2 on test/rougeL. The report
+    chooses job 1 and shows job 1's test figures (never job 2's better test score)."""
+    root = tmp_path / "select"
+    for num, (length, val, test) in enumerate([(1, 0.40, 0.30), (5, 0.50, 0.31), (10, 0.45, 0.36)]):
+        make_job(root, num, [f"method.prefix_length={length}"], PREFIX, job_config("prefix", length),
+                 completed(test, 1.0, 10, **{"val/rougeL": val}))
+    chosen = report.selection(find_jobs([root]))
+    assert (chosen.metric, chosen.reported, chosen.fell_back) == ("val/rougeL", "test/rougeL", False)
+    main([str(root)])
+    md = (root / "report.md").read_text()
+    assert ("Best by val/rougeL (validation chooses; the test figures are that job's): job 1 (prefix_length=5), "
+            "val/rougeL 0.5, test/rougeL 0.31") in md
+    assert "Test figures of job 1:" in md and "| test/rougeL | 0.31 |" in md and "| test/loss | 2 |" in md
+    assert "0.36" not in md.split("## Best job", 1)[1].split("## Plots", 1)[0]  # job 2's test score chooses nothing
+    assert "fell back" not in md and "optimized_metric=test/" not in md
+
+
+def test_old_runs_with_only_test_metrics_fall_back_to_test_and_say_it_inflates(tmp_path):
+    root = tmp_path / "old"
+    for num, (length, test) in enumerate([(1, 0.30), (5, 0.35)]):
+        metrics = {k: v for k, v in completed(test, 1.0, 10).items() if not k.startswith("val/")}
+        make_job(root, num, [f"method.prefix_length={length}"], PREFIX, job_config("prefix", length, stage="test"), metrics)
+    chosen = report.selection(find_jobs([root]))
+    assert (chosen.metric, chosen.fell_back, chosen.optimized_on_test) == ("test/rougeL", True, "test/rougeL")
+    main([str(root)])
+    md = (root / "report.md").read_text()
+    assert ("Best by test/rougeL: no job logged val/rougeL, so selection fell back to the test metric, which inflates "
+            "the figure") in md and "job 1 (prefix_length=5), test/rougeL 0.35" in md
+    assert "## Best job per metric (no validation metrics: chosen on test, inflated)" in md
+
+
+def test_runs_that_optimized_a_test_metric_are_still_chosen_on_validation_with_a_note(tmp_path):
+    root = tmp_path / "typed_test"
+    for num, (length, val, test) in enumerate([(1, 0.5, 0.2), (5, 0.4, 0.3)]):
+        make_job(root, num, [f"method.prefix_length={length}"], PREFIX, job_config("prefix", length, stage="test"),
+                 completed(test, 1.0, 10, **{"val/rougeL": val}))
+    main([str(root)])
+    md = (root / "report.md").read_text()
+    assert "The jobs ran with optimized_metric=test/rougeL" in md
+    assert "Best by val/rougeL (validation chooses; the test figures are that job's): job 0 (prefix_length=1)" in md

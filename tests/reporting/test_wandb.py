@@ -43,7 +43,7 @@ def test_offline_run_holds_config_summary_per_step_metrics_and_samples_tables(tm
     # the full resolved config, and the parameter counts
     config = run["config"]
     assert config["method"]["prefix_length"] == 4 and config["task"]["train_size"] == 16
-    assert config["optimized_metric"] == "test/rougeL" and config["model"]["random_init"] is True
+    assert config["optimized_metric"] == "val/rougeL" and config["model"]["random_init"] is True  # what a sweep selects on
     assert config["parameters"]["trainable_params"] == metrics["trainable_params"] > 0
     # the summary says what metrics.json says: status, test metrics, counts
     summary = run["summary"]
@@ -105,7 +105,9 @@ def test_report_cli_on_a_real_sweep_with_a_failed_job(wandb_sweep):
     metrics = json.loads((sweep / "1" / "metrics.json").read_text())
     assert float(rows[1]["test/rougeL"]) == metrics["test/rougeL"] and int(rows[1]["trainable_params"]) == metrics["trainable_params"]
     md = (sweep / "report.md").read_text()
-    assert "2 jobs: 1 failed, 1 completed." in md and "| test/rougeL | higher | 1: lr=0.01 |" in md
+    assert "2 jobs: 1 failed, 1 completed." in md and "| val/rougeL | higher | 1: lr=0.01 |" in md
+    assert (f"Best by val/rougeL (validation chooses; the test figures are that job's): job 1 (lr=0.01), "
+            f"val/rougeL {metrics['val/rougeL']:.4g}, test/rougeL {metrics['test/rougeL']:.4g}") in md
     # loss curves from the W&B logs (no csv/ with logger=wandb), both jobs, the failed one up to its last finite step
     png = (sweep / "loss_curves.png").read_bytes()
     assert png[:4] == b"\x89PNG" and len(png) > 5000

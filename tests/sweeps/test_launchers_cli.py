@@ -53,7 +53,7 @@ def test_optuna_study_tells_a_failed_trial_and_keeps_the_best_returned_metric(tm
     assert_completed(sweep / str(completed[0]), jobs[completed[0]])
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"] == {"optim.lr": 0.01}
-    assert best["best_value"] == jobs[completed[0]]["test/rougeL"]  # what the run returned: optimized_metric
+    assert best["best_value"] == jobs[completed[0]]["val/rougeL"]  # what the run returned: optimized_metric, validation
 
 
 def test_ddp_inside_a_local_sweep_is_refused_not_rerun_by_every_process(tmp_path):

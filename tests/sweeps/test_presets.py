@@ -61,8 +61,19 @@ def test_optuna_preset_maximizes_the_returned_metric_of_every_task():
         assert sweeper.max_failure_rate == 1.0 and "FailedTrialsToOptuna" in cfg.hydra.callbacks.optuna_failed_trials._target_
         # every task's primary metric is a score (higher is better): the preset's direction must say so
         assert metric_direction(cfg.optimized_metric) == "maximize", (task, cfg.optimized_metric)
+        assert cfg.optimized_metric == f"val/{cfg.task.primary_metric}", task  # trials are chosen on validation
         check_direction(cfg.optimized_metric, sweeper.direction)
         assert sweeper.sampler.seed == cfg.seed
+
+
+def test_every_preset_selects_on_a_validation_metric():
+    presets = sorted((CONF / "hparams_search").glob("*.yaml"))
+    for path in presets:
+        cfg = composed(f"hparams_search={path.stem}", "task=e2e")  # every task with optuna: the test above
+        assert cfg.optimized_metric == "val/bleu", path.stem
+        # no preset sets its own metric, nor says in a comment that it optimizes a test/ one
+        assert "optimized_metric:" not in path.read_text() and "test/" not in path.read_text(), path.stem
+    # experiments/wandb_sweep.yaml: tests/sweeps/test_wandb_sweep.py
 
 
 def test_metric_direction_and_a_mismatched_direction_is_refused():
@@ -113,7 +124,7 @@ def test_a_direction_that_does_not_fit_the_metric_stops_the_study_before_any_tri
     result = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.direction=minimize", "model=tiny_random",
                       f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
     assert result.returncode == 1
-    assert "hydra.sweeper.direction=minimize does not fit optimized_metric=test/rougeL" in result.stderr
+    assert "hydra.sweeper.direction=minimize does not fit optimized_metric=val/rougeL" in result.stderr
     assert not list((tmp_path / "sweep").glob("*/metrics.json"))  # no trial ran
 
 

@@ -33,7 +33,8 @@ def test_the_sweep_file_parses_and_drives_prefixlab_train_through_hydra_override
 
     sweep = load_sweep_config(str(SWEEP_FILE))
     assert sweep["method"] in ("grid", "random", "bayes")
-    assert sweep["metric"] == {"name": "test/rougeL", "goal": "maximize"}
+    assert sweep["metric"] == {"name": "val/rougeL", "goal": "maximize"}  # W&B chooses runs on validation
+    assert "test/rougeL" not in SWEEP_FILE.read_text()  # nor does a comment say to optimize a test metric
     command = sweep["command"]
     assert command[:4] == ["${env}", "${interpreter}", "-m", "prefixlab.train"] and "${args_no_hyphens}" in command
     assert "${args}" not in command  # --key=value would not be a Hydra override
@@ -53,7 +54,8 @@ def test_the_agents_command_line_composes_a_config_with_the_swept_values(tmp_pat
     assert cfg["method"]["name"] == "prefix_flat" and cfg["method"]["prefix_length"] == 40
     assert cfg["optim"]["lr"] == values["optim.lr"] == 1e-3
     assert cfg["logger"]["kind"] == "wandb" and cfg["logger"]["mode"] == "online"
-    assert f"test/{cfg['task']['primary_metric']}" == sweep["metric"]["name"]
+    assert f"val/{cfg['task']['primary_metric']}" == sweep["metric"]["name"]  # the run's optimized_metric
+    assert cfg["optimized_metric"] == "val/${task.primary_metric}"
     # and the values pass the range checks a run makes before loading anything
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

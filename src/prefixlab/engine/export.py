@@ -26,6 +26,25 @@ class PrefixFormatError(ValueError):
     """An exported prefix is unreadable, of another format version, or for another model."""
 
 
+REMOTE_CODE_KEY = "trust_remote_code"
+
+
+def _drop_remote_code_opt_in(config: dict, config_path: Path) -> None:
+    """An export can never turn on model code: a ``trust_remote_code`` key in its config or its
+    metadata is removed (with one warning line), so nothing downstream can pass it on."""
+    import sys
+
+    found = []
+    for where, section in (("", config), ("metadata.", config.get("metadata"))):
+        if isinstance(section, dict) and REMOTE_CODE_KEY in section:
+            del section[REMOTE_CODE_KEY]
+            found.append(where)
+    if found:
+        print(f"prefixlab: warning: {config_path}: ignoring {', '.join(w + REMOTE_CODE_KEY for w in found)}; "
+              "a prefix folder cannot enable custom model code (only a training run's model.trust_remote_code can)",
+              file=sys.stderr)
+
+
 @dataclass
 class ExportedPrefix:
     activations: PrefixActivations
@@ -75,6 +94,9 @@ def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PrefixFormatError(f"{config_path} is not valid JSON ({error}); the export is corrupted") from error
+    if not isinstance(config, dict):
+        raise PrefixFormatError(f"{config_path} is not a JSON object; the export is corrupted")
+    _drop_remote_code_opt_in(config, config_path)
     if config.get("format") != "prefixlab-prefix" or config.get("format_version") != FORMAT_VERSION:
         raise PrefixFormatError(
             f"{config_path}: format {config.get('format')!r} version {config.get('format_version')!r}, "

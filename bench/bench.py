@@ -32,7 +32,7 @@ import torch
 from prefixlab.engine.mixing import stack_prefixes
 from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-from prefixlab.model_loading import SMOLLM2, load_lm
+from prefixlab.training.model_loading import SMOLLM2, load_lm
 
 
 class PeakMemory:
@@ -255,7 +255,7 @@ def packed_benchmarks(args) -> list[dict]:
         row = {"k": k, "steps": args.packed_steps}
         for name, extra in (("sequential_s", []), ("packed_s", ["launcher=packed"])):
             with tempfile.TemporaryDirectory(prefix="bench-packed-") as cwd:
-                command = [sys.executable, "-m", "prefixlab.train", "-m", *common, *packed_sweep(k), *extra]
+                command = [sys.executable, "-m", "prefixlab.cli.train", "-m", *common, *packed_sweep(k), *extra]
                 started = time.perf_counter()
                 result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
                                         env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from prefixlab.config import register_configs
-from prefixlab.resume import ResumableDataModule
-from prefixlab.train import CONFIG_DIR
+from prefixlab.training.resume import ResumableDataModule
+from prefixlab.cli.train import CONFIG_DIR
 
 from bench import shared_data_folder  # bench/bench.py: run as python bench/padding.py, bench/ is on the path
 

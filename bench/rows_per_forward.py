@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from prefixlab.cpu_memory import keep_freed_memory
+from prefixlab.training.cpu_memory import keep_freed_memory
 from prefixlab.engine.parameterization import MLPPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-from prefixlab.model_loading import SMOLLM2, load_lm
+from prefixlab.training.model_loading import SMOLLM2, load_lm
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Bootstrap each job's test BLEU (the E2E script's: mteval-v13a, prefixlab.scoring.mteval) over its test examples (95% interval, 1,000 resamples, seed 0) and
+"""Bootstrap each job's test BLEU (the E2E script's: mteval-v13a, prefixlab.tasks.scoring.mteval) over its test examples (95% interval, 1,000 resamples, seed 0) and
 paired differences: against one reference job, or for named pairs of jobs (same resamples, so the
 test inputs' difficulty cancels out).
 
@@ -6,7 +6,7 @@ usage: python experiments/bootstrap_bleu.py <sweep dir> [reference job]
        python experiments/bootstrap_bleu.py <sweep dir> <job>:<reference job> [<job>:<reference job> ...]"""
 import json, random, sys
 from pathlib import Path
-from prefixlab.scoring.mteval import bleu_counts, bleu_of_counts
+from prefixlab.tasks.scoring.mteval import bleu_counts, bleu_of_counts
 
 sweep = Path(sys.argv[1])
 jobs = {}

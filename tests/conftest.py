@@ -17,6 +17,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The embedded SmolLM2 converted into the cache (once per machine)."""
-    from prefixlab.model_loading import SMOLLM2, resolve
+    from prefixlab.training.model_loading import SMOLLM2, resolve
 
     return resolve(SMOLLM2)

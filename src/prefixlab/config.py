@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from .methods import MLP_METHODS, METHODS, PREFIX_METHODS
-from .model_loading import SMOLLM2
+from prefixlab.methods import MLP_METHODS, METHODS, PREFIX_METHODS
+from prefixlab.training.model_loading import SMOLLM2
 
 LOGGERS = ("csv", "wandb")
 
@@ -187,7 +187,7 @@ def warn_test_selection(metric: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Range and cross-field checks that the types cannot express. Raises ConfigError."""
-    from .tasks import TASKS
+    from prefixlab.tasks import TASKS
 
     _require(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {', '.join(METHODS)}")
     _require(cfg.method.prefix_length > 0, "method.prefix_length", cfg.method.prefix_length, "must be >= 1")

@@ -1,14 +1,14 @@
 """The errors that mean "the input is wrong" (not "prefixlab is broken"): entry points print
 them as one line naming the thing at fault, without a traceback."""
 
-from .config import ConfigError
-from .engine.export import PrefixFormatError
-from .engine.families import UnsupportedModelError
-from .methods import MethodNotSupportedError
-from .model_loading import ModelNotFoundError, RemoteCodeError
-from .resume import CheckpointError
-from .runs import OutputDirError
-from .tasks import DataError
+from prefixlab.config import ConfigError
+from prefixlab.engine.export import PrefixFormatError
+from prefixlab.engine.families import UnsupportedModelError
+from prefixlab.methods import MethodNotSupportedError
+from prefixlab.training.model_loading import ModelNotFoundError, RemoteCodeError
+from prefixlab.training.resume import CheckpointError
+from prefixlab.run.runs import OutputDirError
+from prefixlab.tasks import DataError
 
 USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError,
                MethodNotSupportedError, CheckpointError, RemoteCodeError)

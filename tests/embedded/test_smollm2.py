@@ -4,9 +4,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from prefixlab.datamodule import TaskDataModule
-from prefixlab.model_loading import SMOLLM2, load_lm, load_tokenizer
-from prefixlab.module import PrefixTuningModule
+from prefixlab.data.datamodule import TaskDataModule
+from prefixlab.training.model_loading import SMOLLM2, load_lm, load_tokenizer
+from prefixlab.training.lm_module import PrefixTuningModule
 
 pytestmark = pytest.mark.embedded
 

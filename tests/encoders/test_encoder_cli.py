@@ -24,7 +24,7 @@ TINY = ["model=tiny_random_encoder", "trainer.max_steps=3", "trainer.enable_prog
 
 def run_cli(args, cwd, env=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -138,8 +138,8 @@ def test_bad_input_is_one_line_before_any_model_loads(args, expected, tmp_path):
 def test_data_errors_come_from_the_datamodule_before_the_encoder_loads(tmp_path):
     """The other bad inputs, in process (the CLI turns any DataError into its one line, as above):
     EncoderDataModule is built and set up before EncoderTaskModule loads any weights."""
-    from prefixlab.encoder_data import EncoderDataModule
-    from prefixlab.model_loading import MINILM
+    from prefixlab.data.encoder_data import EncoderDataModule
+    from prefixlab.training.model_loading import MINILM
     from prefixlab.tasks import DataError
 
     with pytest.raises(DataError, match="task 'country_qa' generates text, which an encoder cannot do"):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefixlab.encoder_data import CLASSIFICATION, EXTRACTIVE, collate_encoder, encode_classification, encode_span
-from prefixlab.encoder_module import EncoderTaskModule, attach_export, load_encoder_export
+from prefixlab.data.encoder_data import CLASSIFICATION, EXTRACTIVE, collate_encoder, encode_classification, encode_span
+from prefixlab.training.encoder_module import EncoderTaskModule, attach_export, load_encoder_export
 from prefixlab.engine.export import load_prefix
-from prefixlab.model_loading import MINILM, load_tokenizer
+from prefixlab.training.model_loading import MINILM, load_tokenizer
 from prefixlab.tasks import Example
 from prefixlab.tasks.spans import SpanExample
 

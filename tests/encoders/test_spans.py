@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefixlab.encoder_data import (answer_token_span, best_span, collate_encoder, encode_classification, encode_span,
+from prefixlab.data.encoder_data import (answer_token_span, best_span, collate_encoder, encode_classification, encode_span,
                                     span_text)
 from prefixlab.tasks import DataError, Example, build_task
 from prefixlab.tasks.spans import SpanExample
@@ -21,7 +21,7 @@ SEQUENCE_IDS = [None, 0, 0, None, 1, 1, 1, 1, None]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from prefixlab.model_loading import MINILM, load_tokenizer
+    from prefixlab.training.model_loading import MINILM, load_tokenizer
 
     return load_tokenizer(MINILM)
 
@@ -115,8 +115,8 @@ def test_label_outside_the_label_set_is_one_clear_error(tokenizer):
 
 
 def test_truncated_answers_are_dropped_from_training_and_kept_for_scoring(capsys):
-    from prefixlab.encoder_data import EncoderDataModule
-    from prefixlab.model_loading import MINILM
+    from prefixlab.data.encoder_data import EncoderDataModule
+    from prefixlab.training.model_loading import MINILM
 
     # 40 tokens: the question and about half of the paragraph, so many answers are cut off
     datamodule = EncoderDataModule("country_qa_extractive", MINILM, max_source_tokens=40, train_size=60, val_size=30,

@@ -232,7 +232,7 @@ def test_per_example_prefix_without_one_site_key_is_plain():
 def test_minilm_prefix_trains_with_the_encoder_frozen():
     from transformers import AutoTokenizer
 
-    from prefixlab.model_loading import resolve
+    from prefixlab.training.model_loading import resolve
 
     path = resolve("embedded:all-minilm-l6-v2")
     torch.manual_seed(0)

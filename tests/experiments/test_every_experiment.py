@@ -49,7 +49,7 @@ TINY = [
 ]
 
 register_configs()
-import prefixlab.train  # noqa: E402,F401  (registers the ${pid:} resolver the run directories use)
+import prefixlab.cli.train  # noqa: E402,F401  (registers the ${pid:} resolver the run directories use)
 
 
 def _compose(overrides: list[str], with_hydra: bool = False):
@@ -101,7 +101,7 @@ def test_the_glob_finds_the_paper_experiments():
 def test_every_grid_point_composes_and_validates(experiment, scale):
     from transformers import GPT2Config
 
-    from prefixlab.model_loading import load_config
+    from prefixlab.training.model_loading import load_config
 
     points = covering_points(experiment, scale)
     assert points, "an empty grid"
@@ -165,7 +165,7 @@ def data_root(tmp_path_factory):
 
 def _cli(args: list[str], cwd: Path, data_root: Path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFIXLAB_DATA": str(data_root)}
-    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -17,7 +17,7 @@ from prefixlab.engine.bottleneck_adapters import (
     parameters_per_adapter,
 )
 from prefixlab.methods import MethodNotSupportedError, check_method_fits_model
-from prefixlab.module import PrefixTuningModule
+from prefixlab.training.lm_module import PrefixTuningModule
 
 from tests.pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_CLI, TINY_MODEL
 
@@ -103,7 +103,7 @@ def _module(method=ADAPTER_METHOD):
 
 
 def _batch():
-    from prefixlab.datamodule import TaskDataModule
+    from prefixlab.data.datamodule import TaskDataModule
 
     dm = TaskDataModule("bbc_headline", TINY_MODEL["name_or_path"], max_source_tokens=48, train_size=12, val_size=4,
                         test_size=4, batch_size=4, eval_batch_size=4)
@@ -206,7 +206,7 @@ def test_cli_trains_and_exports_an_adapter(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     args = [a for a in TINY_CLI if not a.startswith(("method.", "trainer.max_steps"))]
     result = subprocess.run(
-        [sys.executable, "-m", "prefixlab.train", *args, "method=adapter_0p1pct", "trainer.max_steps=2"],
+        [sys.executable, "-m", "prefixlab.cli.train", *args, "method=adapter_0p1pct", "trainer.max_steps=2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

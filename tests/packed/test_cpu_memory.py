@@ -1,4 +1,4 @@
-"""prefixlab.cpu_memory: freed activations are reused instead of being mapped and zero-filled
+"""prefixlab.training.cpu_memory: freed activations are reused instead of being mapped and zero-filled
 again at every step (the cause of the packed step's extra CPU time; see the module docstring).
 
 Each case runs in a fresh interpreter, since the setting lasts for the whole process."""
@@ -20,7 +20,7 @@ STEPS = textwrap.dedent(
     """
     import resource, sys
     import torch
-    from prefixlab.cpu_memory import keep_freed_memory
+    from prefixlab.training.cpu_memory import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else False
     def step():
         blocks = [torch.ones(10_000_000) for _ in range(16)]  # 40 MB each, every page touched

@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 
 from prefixlab.config import register_configs
 from prefixlab.engine.export import load_prefix
-from prefixlab.packed import PackedJob, optimized_value, pack_key, packing_problem, train_packed
-from prefixlab.train import CONFIG_DIR, train
+from prefixlab.sweeps.packed import PackedJob, optimized_value, pack_key, packing_problem, train_packed
+from prefixlab.cli.train import CONFIG_DIR, train
 
 from tests.pipeline.helpers import TINY_CLI, load_tiny_lm
 
@@ -63,7 +63,7 @@ def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory) -> Path:
     """The tiny random model as a local model folder: loading it draws no random numbers."""
-    from prefixlab.model_loading import SMOLLM2, load_tokenizer
+    from prefixlab.training.model_loading import SMOLLM2, load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_pretrained")
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def test_each_prefix_gets_the_gradient_of_its_own_loss_alone(rows_per_forward):
     from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
     from prefixlab.engine.mixing import with_visibility
-    from prefixlab.packed import _forward_backward
+    from prefixlab.sweeps.packed import _forward_backward
 
     torch.manual_seed(0)
     lm = load_tiny_lm().requires_grad_(False).eval()
@@ -207,7 +207,7 @@ def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pret
     through generate() together, K x eval_batch_size rows per call (that the rows equal the
     jobs' separate runs is test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs)."""
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-    from prefixlab.module import PrefixTuningModule
+    from prefixlab.training.lm_module import PrefixTuningModule
 
     def per_job_generation(*args, **kwargs):
         raise AssertionError("a packed job generated its own predictions")
@@ -281,7 +281,7 @@ def test_jobs_pack_when_they_can_share_the_lm(tiny_pretrained):
 # ---- the CLI: prefixlab-train -m ... launcher=packed ----------------------------------------------
 def run_cli(args, cwd, timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -353,7 +353,7 @@ def test_each_packed_job_gets_its_own_finished_wandb_run(tmp_path, monkeypatch):
 
 
 def test_rows_per_forward_defaults_to_the_largest_job_batch_on_a_cpu_and_to_all_rows_on_a_gpu():
-    from prefixlab.packed import choose_rows_per_forward
+    from prefixlab.sweeps.packed import choose_rows_per_forward
 
     assert choose_rows_per_forward(None, torch.device("cpu"), [4, 8, 2]) == 8
     assert choose_rows_per_forward(None, torch.device("cuda"), [4, 8, 2]) is None

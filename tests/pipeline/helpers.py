@@ -38,7 +38,7 @@ TINY_CLI = [
 
 
 def load_tiny_lm():
-    from prefixlab.model_loading import load_lm
+    from prefixlab.training.model_loading import load_lm
 
     return load_lm(
         TINY_MODEL["name_or_path"], random_init=True, config_overrides=TINY_MODEL["config_overrides"]

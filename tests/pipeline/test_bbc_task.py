@@ -1,6 +1,6 @@
 """The embedded BBC headline task: split by article, deterministic, about 80/10/10."""
 
-from prefixlab.scoring import rouge
+from prefixlab.tasks.scoring import rouge
 from prefixlab.tasks import build_task
 from prefixlab.tasks.bbc_news import load_articles, split_of
 

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
 
 from prefixlab.config import ConfigError, TrainConfig, register_configs, validate
-from prefixlab.train import CONFIG_DIR
+from prefixlab.cli.train import CONFIG_DIR
 
 
 def compose_train(overrides):

@@ -11,7 +11,7 @@ import torch
 from prefixlab.engine.export import ExportedPrefix, save_prefix
 from prefixlab.engine.parameterization import FlatPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-from prefixlab.model_loading import load_lm, load_tokenizer
+from prefixlab.training.model_loading import load_lm, load_tokenizer
 
 from .helpers import TINY_MODEL, load_tiny_lm
 
@@ -27,7 +27,7 @@ def saved_model(tmp_path_factory):
 
 
 def _cli(args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "prefixlab.generate", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.generate", *args], input=stdin, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -65,7 +65,7 @@ def test_prefix_for_another_model_is_one_clear_error(tmp_path, saved_model):
 
 
 def test_convert_round_trip_through_peft_keeps_the_outputs(tmp_path, saved_model):
-    from prefixlab.convert import convert
+    from prefixlab.cli.convert import convert
     from prefixlab.engine.export import load_prefix
 
     model = PrefixedCausalLM(load_lm(str(saved_model)))
@@ -104,7 +104,7 @@ def test_python_api_mixes_prefixes_for_an_encoder_decoder(tmp_path):
     from transformers import BartConfig, BartForConditionalGeneration
 
     from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
-    from prefixlab.generate import MixedPrefixGenerator
+    from prefixlab.cli.generate import MixedPrefixGenerator
 
     tokenizer = load_tokenizer(TINY_MODEL["name_or_path"])
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from prefixlab.engine.export import load_prefix
-from prefixlab.module import PrefixTuningModule
+from prefixlab.training.lm_module import PrefixTuningModule
 
 from .helpers import GENERATION, OPTIM, TINY_MODEL, load_tiny_lm
 from .test_training_invariants import _datamodule, _trainer

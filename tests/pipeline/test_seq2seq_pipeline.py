@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
-from prefixlab.model_loading import load_tokenizer
+from prefixlab.training.model_loading import load_tokenizer
 
 from .helpers import TINY_CLI
 
@@ -37,7 +37,7 @@ def seq2seq_folder(request, tmp_path_factory):
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(args, cwd, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -60,7 +60,7 @@ def test_two_runs_started_together_get_distinct_directories(tmp_path):
     args = TINY_CLI + ["trainer.max_steps=1", "eval_zero_shot=false"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "prefixlab.train", *args], cwd=tmp_path,
+            [sys.executable, "-m", "prefixlab.cli.train", *args], cwd=tmp_path,
             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         for _ in range(2)
@@ -108,7 +108,7 @@ def test_wandb_logger_runs_offline_without_a_key_and_finishes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     env.update({"HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"})
     result = subprocess.run(
-        [sys.executable, "-m", "prefixlab.train", *TINY_CLI, "trainer.max_steps=1", "eval_zero_shot=false", "logger=wandb"],
+        [sys.executable, "-m", "prefixlab.cli.train", *TINY_CLI, "trainer.max_steps=1", "eval_zero_shot=false", "logger=wandb"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

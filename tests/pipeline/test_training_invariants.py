@@ -6,8 +6,8 @@ import copy
 import pytorch_lightning as pl
 import torch
 
-from prefixlab.datamodule import TaskDataModule
-from prefixlab.module import PrefixTuningModule
+from prefixlab.data.datamodule import TaskDataModule
+from prefixlab.training.lm_module import PrefixTuningModule
 
 from .helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
 

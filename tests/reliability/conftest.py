@@ -22,7 +22,7 @@ def cli_env() -> dict:
 
 
 def run_cli(args, cwd, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=cli_env(),
+    return subprocess.run([sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-import prefixlab.runs as runs
-from prefixlab import train as train_module
+import prefixlab.run.runs as runs
+from prefixlab.cli import train as train_module
 
 pause_at, marker, args = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 

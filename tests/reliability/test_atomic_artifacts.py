@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from prefixlab import artifacts
-from prefixlab.artifacts import atomic_replace_dir, atomic_write
-from prefixlab.runs import AtomicCheckpointIO, write_results
+from prefixlab.run import artifacts
+from prefixlab.run.artifacts import atomic_replace_dir, atomic_write
+from prefixlab.run.runs import AtomicCheckpointIO, write_results
 
 
 class Crash(Exception):
@@ -139,7 +139,7 @@ def test_artifacts_get_the_usual_file_modes_not_tempfiles_private_ones(tmp_path)
 WRITER = """
 import sys, time
 from pathlib import Path
-from prefixlab.artifacts import atomic_write, atomic_write_jsonl
+from prefixlab.run.artifacts import atomic_write, atomic_write_jsonl
 
 target = Path(sys.argv[1])
 atomic_write_jsonl(target, [{"id": i, "prediction": "old"} for i in range(100)])

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from prefixlab.resume import CheckpointError, check_trainable_state, find_checkpoint, read_checkpoint
+from prefixlab.training.resume import CheckpointError, check_trainable_state, find_checkpoint, read_checkpoint
 
 
 class NotData:
@@ -140,7 +140,7 @@ def test_checkpoints_of_another_kind_method_model_or_task_are_refused(tmp_path, 
 
 
 def test_tensors_of_the_wrong_shape_or_missing_ones_are_named(tmp_path, good):
-    from prefixlab.module import PrefixTuningModule
+    from prefixlab.training.lm_module import PrefixTuningModule
 
     path, checkpoint = good
     module = PrefixTuningModule(**checkpoint["hyper_parameters"])

@@ -5,8 +5,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from prefixlab.datamodule import TaskDataModule
-from prefixlab.resume import ResumableDataModule, ResumableSampler
+from prefixlab.data.datamodule import TaskDataModule
+from prefixlab.training.resume import ResumableDataModule, ResumableSampler
 
 from pipeline.helpers import TINY_MODEL
 

@@ -65,7 +65,7 @@ def test_signal_stops_at_the_next_step_with_a_checkpoint_and_status_interrupted(
 
 def test_a_diverging_loss_fails_naming_the_step_and_exports_the_last_good_prefix(tmp_path):
     from prefixlab.engine.export import load_prefix
-    from prefixlab.module import PrefixTuningModule
+    from prefixlab.training.lm_module import PrefixTuningModule
 
     run_dir = tmp_path / "run"
     # lr 1e37 is a real divergence: with these batches the loss is finite for 3 steps, then nan

@@ -5,8 +5,8 @@ import types
 import pytest
 import torch
 
-from prefixlab.reliability import LastGoodState
-from prefixlab.runs import OutputDirError, check_free_space, check_run_dir_creatable, storage_needed
+from prefixlab.training.reliability import LastGoodState
+from prefixlab.run.runs import OutputDirError, check_free_space, check_run_dir_creatable, storage_needed
 
 
 def test_last_good_state_is_the_one_before_the_failing_step():
@@ -58,7 +58,7 @@ def test_a_run_directory_under_a_file_cannot_be_created(tmp_path):
 def test_the_entry_point_checks_the_run_directory_before_hydra_creates_it(tmp_path, monkeypatch, args):
     import sys
 
-    from prefixlab import train
+    from prefixlab.cli import train
 
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
@@ -79,7 +79,7 @@ def test_a_signal_outside_the_training_steps_is_still_an_interruption(tmp_path, 
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from prefixlab.reliability import RunInterrupted, record_failure
+    from prefixlab.training.reliability import RunInterrupted, record_failure
 
     error = SIGTERMException() if raised == "SIGTERMException" else SystemExit(1)
     trainer = types.SimpleNamespace(global_step=6)

@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefixlab.datamodule import IGNORE_INDEX, EncodedExample, collate, collate_seq2seq
-from prefixlab.formatting import PromptFormatter
+from prefixlab.data.datamodule import IGNORE_INDEX, EncodedExample, collate, collate_seq2seq
+from prefixlab.data.formatting import PromptFormatter
 from prefixlab.tasks import Example
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,7 +23,7 @@ texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=300) | st.te
 
 @functools.lru_cache(maxsize=1)
 def tokenizer():
-    from prefixlab.model_loading import load_tokenizer
+    from prefixlab.training.model_loading import load_tokenizer
 
     return load_tokenizer("embedded:smollm2-135m-instruct")
 

@@ -14,7 +14,7 @@ from prefixlab.engine.export import ExportedPrefix, load_prefix, save_prefix
 from prefixlab.engine.parameterization import FlatPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 from prefixlab.errors import USER_ERRORS
-from prefixlab.model_loading import RemoteCodeError
+from prefixlab.training.model_loading import RemoteCodeError
 
 from .conftest import cli_env, one_error_line
 
@@ -57,7 +57,7 @@ def _python(code: str, tmp_path, *args, stdin="y\ny\ny\n"):
 
 
 _LOADERS = """import sys
-from prefixlab import model_loading
+from prefixlab.training import model_loading
 try:
     getattr(model_loading, sys.argv[1])(sys.argv[2])
 except model_loading.RemoteCodeError as error:
@@ -79,7 +79,7 @@ def test_custom_code_does_not_run_even_when_stdin_says_yes(tmp_path, custom_code
 def test_the_opt_in_key_is_what_lets_it_run(tmp_path, custom_code_model):
     folder, marker = custom_code_model
     assert ModelConfig().trust_remote_code is False  # the default
-    code = "import sys\nfrom prefixlab.model_loading import load_config\nload_config(sys.argv[1], trust_remote_code=True)"
+    code = "import sys\nfrom prefixlab.training.model_loading import load_config\nload_config(sys.argv[1], trust_remote_code=True)"
     result = _python(code, tmp_path, str(folder), stdin="")
     assert result.returncode == 0, result.stderr[-3000:]
     assert marker.exists()
@@ -91,7 +91,7 @@ def test_training_names_the_folder_and_the_key_in_one_line(tmp_path, custom_code
     folder, marker = custom_code_model
     args = [a for a in TINY_CLI if not a.startswith("model=")]
     result = subprocess.run(
-        [sys.executable, "-m", "prefixlab.train", *args, f"model.name_or_path={folder}", f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "prefixlab.cli.train", *args, f"model.name_or_path={folder}", f"hydra.run.dir={tmp_path / 'run'}"],
         input="y\n", capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**cli_env(), "HF_MODULES_CACHE": str(tmp_path / "hf_modules")},
     )
@@ -127,7 +127,7 @@ def test_a_prefix_folder_cannot_opt_in(tmp_path, custom_code_model, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\n")
     env = {**cli_env(), "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
-    result = subprocess.run([sys.executable, "-m", "prefixlab.generate", "--prefix", str(path), "--input", str(prompts)],
+    result = subprocess.run([sys.executable, "-m", "prefixlab.cli.generate", "--prefix", str(path), "--input", str(prompts)],
                             input="y\n", capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode != 0 and not marker.exists()
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -142,7 +142,7 @@ def test_prefixlab_convert_never_runs_the_model_code(tmp_path, custom_code_model
     (peft / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING", "trust_remote_code": True,
                                                           "base_model_name_or_path": str(folder)}))
     env = {**cli_env(), "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
-    result = subprocess.run([sys.executable, "-m", "prefixlab.convert", str(peft), "--to", "prefixlab",
+    result = subprocess.run([sys.executable, "-m", "prefixlab.cli.convert", str(peft), "--to", "prefixlab",
                              "--out", str(tmp_path / "out"), "--model", str(folder)],
                             input="y\n", capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode != 0 and not marker.exists()

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from prefixlab import report
-from prefixlab.report import NO_METRICS, find_jobs, main, series_by
+from prefixlab.sweeps import report
+from prefixlab.sweeps.report import NO_METRICS, find_jobs, main, series_by
 
 from .conftest import completed, job_config, make_job
 

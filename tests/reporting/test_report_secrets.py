@@ -3,7 +3,7 @@
 
 import csv
 
-from prefixlab.report import _resolved, main
+from prefixlab.sweeps.report import _resolved, main
 
 from .conftest import completed, job_config, make_job
 

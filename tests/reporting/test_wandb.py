@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from prefixlab.report import read_wandb_run
+from prefixlab.sweeps.report import read_wandb_run
 
 from .conftest import TINY_CLI, run_module
 
@@ -29,7 +29,7 @@ def table_file(run_folder, logged):
 def test_offline_run_holds_config_summary_per_step_metrics_and_samples_tables(tmp_path):
     args = [*TINY_CLI, "logger=wandb", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
             "logger.samples_rows=3", "logger.tags=[mine]", "hydra.run.dir=run"]
-    result = run_module("prefixlab.train", args, tmp_path, env_drop=NO_KEY)
+    result = run_module("prefixlab.cli.train", args, tmp_path, env_drop=NO_KEY)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -77,7 +77,7 @@ def wandb_sweep(tmp_path_factory):
     args = ["-m", *[a for a in TINY_CLI if not a.startswith(("task.train_size=", "trainer.max_steps="))],
             "task.train_size=20", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "eval_zero_shot=false",
             "logger=wandb", "optim.lr=1e37,1e-2", "hydra.sweep.dir=multirun/2026-11-28/12-00-00-000000_p7"]
-    result = run_module("prefixlab.train", args, cwd, env_drop=NO_KEY)
+    result = run_module("prefixlab.cli.train", args, cwd, env_drop=NO_KEY)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd, cwd / "multirun" / "2026-11-28" / "12-00-00-000000_p7"
 
@@ -95,7 +95,7 @@ def test_a_failing_job_finishes_its_run_as_failed_and_a_sweep_is_one_group(wandb
 
 def test_report_cli_on_a_real_sweep_with_a_failed_job(wandb_sweep):
     cwd, sweep = wandb_sweep
-    result = run_module("prefixlab.report", [str(sweep.relative_to(cwd))], cwd)
+    result = run_module("prefixlab.sweeps.report", [str(sweep.relative_to(cwd))], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     with (sweep / "report.csv").open(newline="") as handle:

@@ -21,7 +21,7 @@ def cli_env(**extra: str) -> dict:
             "OMP_NUM_THREADS": "1", **extra}
 
 
-def run_cli(args, cwd, timeout=400, program=("-m", "prefixlab.train")) -> subprocess.CompletedProcess:
+def run_cli(args, cwd, timeout=400, program=("-m", "prefixlab.cli.train")) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *program, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-import prefixlab.runs as runs
-from prefixlab import train as train_module
+import prefixlab.run.runs as runs
+from prefixlab.cli import train as train_module
 
 
 class SaveTrainable(pl.Callback):

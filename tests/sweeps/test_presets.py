@@ -9,8 +9,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from prefixlab.config import STRATEGIES, ConfigError, TrainConfig, validate
-from prefixlab.sweeps import FailedTrialsToOptuna, TrialFailed, check_direction, metric_direction
-from prefixlab.train import CONFIG_DIR
+from prefixlab.sweeps.optuna_callbacks import FailedTrialsToOptuna, TrialFailed, check_direction, metric_direction
+from prefixlab.cli.train import CONFIG_DIR
 
 from .conftest import run_cli
 
@@ -155,7 +155,7 @@ def test_bad_strategy_or_num_nodes_fail_at_start(key, value, message):
 def test_build_trainer_passes_strategy_and_num_nodes(tmp_path):
     from pytorch_lightning.strategies import DDPStrategy
 
-    from prefixlab.runs import build_trainer
+    from prefixlab.run.runs import build_trainer
 
     trainer = build_trainer(settings("trainer=ddp_cpu").trainer, None, tmp_path)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2 and trainer.num_nodes == 1

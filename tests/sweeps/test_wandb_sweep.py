@@ -36,7 +36,7 @@ def test_the_sweep_file_parses_and_drives_prefixlab_train_through_hydra_override
     assert sweep["metric"] == {"name": "val/rougeL", "goal": "maximize"}  # W&B chooses runs on validation
     assert "test/rougeL" not in SWEEP_FILE.read_text()  # nor does a comment say to optimize a test metric
     command = sweep["command"]
-    assert command[:4] == ["${env}", "${interpreter}", "-m", "prefixlab.train"] and "${args_no_hyphens}" in command
+    assert command[:4] == ["${env}", "${interpreter}", "-m", "prefixlab.cli.train"] and "${args_no_hyphens}" in command
     assert "${args}" not in command  # --key=value would not be a Hydra override
 
 
@@ -48,7 +48,7 @@ def test_the_agents_command_line_composes_a_config_with_the_swept_values(tmp_pat
     command = agent_command(sweep, values)
     assert command[0] == "/usr/bin/env" and command[1] == sys.executable
     assert "method.prefix_length=40" in command and "method=prefix_flat" in command
-    result = run_cli([*command[4:], "--cfg", "job"], tmp_path, timeout=120)  # python -m prefixlab.train <rest>
+    result = run_cli([*command[4:], "--cfg", "job"], tmp_path, timeout=120)  # python -m prefixlab.cli.train <rest>
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = yaml.safe_load(result.stdout)
     assert cfg["method"]["name"] == "prefix_flat" and cfg["method"]["prefix_length"] == 40
@@ -61,7 +61,7 @@ def test_the_agents_command_line_composes_a_config_with_the_swept_values(tmp_pat
     from omegaconf import OmegaConf
 
     from prefixlab.config import validate
-    from prefixlab.train import CONFIG_DIR
+    from prefixlab.cli.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         validate(OmegaConf.to_object(compose(config_name="train", overrides=command[4:])))

@@ -5,7 +5,7 @@ is replaced by tiny in-memory DatasetDicts; the offline test uses the real loade
 import datasets
 import pytest
 
-from prefixlab.datamodule import TaskDataModule
+from prefixlab.data.datamodule import TaskDataModule
 from prefixlab.tasks import DataError, build_task
 from prefixlab.tasks.hub import SST2, AGNews
 
@@ -129,7 +129,7 @@ def test_unreachable_hub_is_one_line_naming_the_dataset_and_the_fix():
 
 
 def test_hub_error_comes_from_the_datamodule_before_any_tokenizer_or_model(monkeypatch):
-    import prefixlab.datamodule as dm
+    import prefixlab.data.datamodule as dm
 
     def no_loading(*args, **kwargs):
         raise AssertionError("nothing may load before the data check")

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from prefixlab.scoring import corpus_nist, e2e_script, rouge, sentences_per_line, table_to_text
-from prefixlab.scoring.mteval import _closest_reference_length, bleu, mteval_statistics, mteval_tokens, nist
+from prefixlab.tasks.scoring import corpus_nist, e2e_script, rouge, sentences_per_line, table_to_text
+from prefixlab.tasks.scoring.mteval import _closest_reference_length, bleu, mteval_statistics, mteval_tokens, nist
 
 NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
 
@@ -140,7 +140,7 @@ def test_rouge_lsum_is_summary_level():
 
 def test_bleu_from_per_output_counts_equals_the_corpus_bleu():
     # what a bootstrap resamples: the sums of per-output counts are the corpus statistics
-    from prefixlab.scoring.mteval import bleu_counts, bleu_of_counts
+    from prefixlab.tasks.scoring.mteval import bleu_counts, bleu_of_counts
 
     outputs = ["the cat sat on the mat", "a b c", "The Eagle is a CAFÉ.", ""]
     refs = [("the cat sat on a mat", "there is a cat"), ("a b d e",), ("The Eagle is a café.",), ("x y",)]

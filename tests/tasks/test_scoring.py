@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from prefixlab.scoring import (
+from prefixlab.tasks.scoring import (
     cider,
     classification,
     corpus_bleu,
@@ -116,7 +116,7 @@ def test_cider_hand_computed_two_example_corpus():
 def test_meteor_without_java_fails_clearly_and_the_task_says_so_before_training(monkeypatch):
     import shutil
 
-    from prefixlab import scoring
+    from prefixlab.tasks import scoring
     from prefixlab.tasks import DataError, build_task
 
     monkeypatch.setattr(scoring.coco, "_meteor_process", None)

@@ -2,7 +2,7 @@
 
 import csv
 
-from prefixlab.datamodule import TaskDataModule, take_subset
+from prefixlab.data.datamodule import TaskDataModule, take_subset
 from prefixlab.tasks import build_task
 
 TOKENIZER = "embedded:smollm2-135m-instruct"

@@ -17,7 +17,7 @@ TINY_CLI = _helpers.TINY_CLI
 def run_cli(args, cwd, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "prefixlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "prefixlab.cli.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -40,7 +40,7 @@ def test_every_task_config_composes_and_validates():
 
     from prefixlab.config import register_configs, validate
     from prefixlab.tasks import TASKS
-    from prefixlab.train import CONFIG_DIR
+    from prefixlab.cli.train import CONFIG_DIR
 
     register_configs()
     expected = {"xsum": (6, 0.8, 512), "cnn_dailymail": (6, 0.8, 512), "sst2": (1, 1.0, 96), "ag_news": (1, 1.0, 128),

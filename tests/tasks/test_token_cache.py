@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from prefixlab.datamodule import TaskDataModule
-from prefixlab.formatting import PromptFormatter
-from prefixlab.model_loading import load_tokenizer, resolve
+from prefixlab.data.datamodule import TaskDataModule
+from prefixlab.data.formatting import PromptFormatter
+from prefixlab.training.model_loading import load_tokenizer, resolve
 from prefixlab.tasks.table_to_text import _local_groups
 
 SMOLLM2 = "embedded:smollm2-135m-instruct"

@@ -3,13 +3,13 @@
 Selected with ``launcher=packed`` (conf/launcher/packed.yaml). Per batch of jobs from the sweeper:
 
 1. compose every job's config (as the basic launcher does) and check, before anything is
-   written or loaded, that each job can be packed (``prefixlab.packed.packing_problem``): if
+   written or loaded, that each job can be packed (``prefixlab.sweeps.packed.packing_problem``): if
    one cannot, the sweep stops with one line naming the job and the reason;
 2. group the jobs by ``pack_key`` (same model settings, device and precision);
 3. a group of one job runs as an ordinary job (``run_job`` with the task function: the
    single-run path, checkpoints included); a larger group gets each job's run directory and
    ``.hydra/`` files from ``run_job`` (a task function that only records them), then trains
-   in one ``prefixlab.packed.train_packed`` call;
+   in one ``prefixlab.sweeps.packed.train_packed`` call;
 4. each job's JobReturn holds its optimized metric, or NaN for a job that failed (recorded in
    its metrics.json), so the sweep goes on, as the single-run path does in a multirun.
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.prefixlab_packed_launcher.packed_launcher.PackedLauncher"
-    # rows per forward of a packed step (prefixlab.packed.choose_rows_per_forward): null = the pack's
+    # rows per forward of a packed step (prefixlab.sweeps.packed.choose_rows_per_forward): null = the pack's
     # largest task.batch_size on a CPU, all rows of the step in one forward on a GPU
     rows_per_forward: Optional[int] = None
 
@@ -74,7 +74,7 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from prefixlab.packed import pack_key, packing_problem, rows_per_forward_problem
+        from prefixlab.sweeps.packed import pack_key, packing_problem, rows_per_forward_problem
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -120,9 +120,9 @@ class PackedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _launch_pack(self, configs: List[DictConfig]) -> List[JobReturn]:
-        from prefixlab.packed import PackedJob, optimized_value, train_packed
-        from prefixlab.reliability import RunInterrupted
-        from prefixlab.train import wandb_identity
+        from prefixlab.sweeps.packed import PackedJob, optimized_value, train_packed
+        from prefixlab.training.reliability import RunInterrupted
+        from prefixlab.cli.train import wandb_identity
 
         def record(task_cfg: DictConfig):
             # runs inside run_job, which has made the job's folder, written .hydra/ and set

@@ -9,7 +9,7 @@ blank line between instances (a file without blank lines: one reference per inst
 .csv/.tsv with the MR in the first column and a reference in the second (consecutive rows with the
 same MR are one instance); SYS holds one output a line. The figures are printed in the script's
 format and scales (BLEU, METEOR and ROUGE_L as fractions; NIST and CIDEr as they are), and they
-are the script's own to the 4 decimals it prints (``prefixlab.scoring``).
+are the script's own to the 4 decimals it prints (``prefixlab.tasks.scoring``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (one object; one line per file for several)")
     args = parser.parse_args(argv)
 
-    from ..scoring import E2E_SCRIPT_METRICS, MetricUnavailableError, e2e_script
+    from prefixlab.tasks.scoring import E2E_SCRIPT_METRICS, MetricUnavailableError, e2e_script
 
     try:
         systems = []  # (file, outputs, references): every file is checked before any metric runs

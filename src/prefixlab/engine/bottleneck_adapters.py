@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import atomic_replace_dir
+from prefixlab.run.artifacts import atomic_replace_dir
 
 CHILD = "bottleneck_adapter"  # the child-module name: parameter names contain it
 PLACEMENTS = {"ffn": ("mlp",), "houlsby": ("attention", "mlp")}

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..artifacts import atomic_replace_dir
-from .geometry import PrefixGeometry
-from .injection import PrefixActivations, SitePrefix
+from prefixlab.run.artifacts import atomic_replace_dir
+from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.injection import PrefixActivations, SitePrefix
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "prefix.safetensors"

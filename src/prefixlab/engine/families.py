@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from .geometry import AttentionSite, PrefixGeometry, SiteGeometry
+from prefixlab.engine.geometry import AttentionSite, PrefixGeometry, SiteGeometry
 
 
 class UnsupportedModelError(ValueError):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .injection import PrefixActivations, SitePrefix
-from .parameterization import FlatPrefix, MLPPrefix, site_prefix_to_rows
+from prefixlab.engine.injection import PrefixActivations, SitePrefix
+from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix, site_prefix_to_rows
 
 
 def init_token_ids(tokenizer, text: str, prefix_length: int) -> list[int]:

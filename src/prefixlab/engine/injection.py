@@ -30,8 +30,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .families import FamilyAdapter, adapter_for
-from .geometry import PrefixGeometry
+from prefixlab.engine.families import FamilyAdapter, adapter_for
+from prefixlab.engine.geometry import PrefixGeometry
 
 _BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 _WRAPPED_NAME = {base: f"prefixlab_{base}" for base in _BASE_IMPLEMENTATIONS}

@@ -11,8 +11,8 @@ import dataclasses
 
 import torch
 
-from .injection import PrefixActivations, SitePrefix
-from .padding import pad_rows
+from prefixlab.engine.injection import PrefixActivations, SitePrefix
+from prefixlab.engine.padding import pad_rows
 
 
 def stack_prefixes(per_example: list[PrefixActivations]) -> PrefixActivations:

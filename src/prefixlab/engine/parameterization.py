@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .geometry import PrefixGeometry, SiteGeometry
-from .injection import PrefixActivations, SitePrefix
+from prefixlab.engine.geometry import PrefixGeometry, SiteGeometry
+from prefixlab.engine.injection import PrefixActivations, SitePrefix
 
 
 def rows_to_site_prefix(rows: torch.Tensor, geometry: SiteGeometry) -> SitePrefix:

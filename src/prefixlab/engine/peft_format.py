@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import atomic_replace_dir
-from .export import PrefixFormatError
-from .geometry import PrefixGeometry
-from .injection import PrefixActivations
-from .parameterization import rows_to_site_prefix, site_prefix_to_rows
+from prefixlab.run.artifacts import atomic_replace_dir
+from prefixlab.engine.export import PrefixFormatError
+from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.injection import PrefixActivations
+from prefixlab.engine.parameterization import rows_to_site_prefix, site_prefix_to_rows
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .prefixed_model import USE_ENCODER, PrefixedModel
+from prefixlab.engine.prefixed_model import USE_ENCODER, PrefixedModel
 
 #: Attribute names of the task heads of ``AutoModelForSequenceClassification`` /
 #: ``AutoModelForQuestionAnswering`` in the supported families (DistilBERT has two).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .injection import PrefixActivations
-from .prefixed_model import USE_ENCODER, PrefixedModel
+from prefixlab.engine.injection import PrefixActivations
+from prefixlab.engine.prefixed_model import USE_ENCODER, PrefixedModel
 
 
 def positions_after_prefix(attention_mask: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:

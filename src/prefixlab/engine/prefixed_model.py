@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .families import FamilyAdapter, UnsupportedModelError
-from .injection import PrefixActivations, PrefixInjector
+from prefixlab.engine.families import FamilyAdapter, UnsupportedModelError
+from prefixlab.engine.injection import PrefixActivations, PrefixInjector
 
 USE_ENCODER = object()  # default of every ``prefix`` argument: the wrapper's own prefix encoder
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .prefixed_model import USE_ENCODER, PrefixedModel
+from prefixlab.engine.prefixed_model import USE_ENCODER, PrefixedModel
 
 
 class PrefixedSeq2SeqLM(PrefixedModel):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 
-from .base import DataError, Example, GenerationTask
-from .bbc_news import BBCHeadline, BBCTopic
-from .country_qa import CountryQA, CountryQAExtractive
-from .local_files import LocalFiles
-from .hub import AGNews, CNNDailyMail, SST2, XSum
-from .table_to_text import DART, E2E, WebNLG
-from .squad import SQuAD
+from prefixlab.tasks.base import DataError, Example, GenerationTask
+from prefixlab.tasks.bbc_news import BBCHeadline, BBCTopic
+from prefixlab.tasks.country_qa import CountryQA, CountryQAExtractive
+from prefixlab.tasks.local_files import LocalFiles
+from prefixlab.tasks.hub import AGNews, CNNDailyMail, SST2, XSum
+from prefixlab.tasks.table_to_text import DART, E2E, WebNLG
+from prefixlab.tasks.squad import SQuAD
 
 TASKS: dict[str, type] = {t.name: t for t in (BBCHeadline, BBCTopic, E2E, DART, CountryQA, LocalFiles)}
 TASKS.update({t.name: t for t in (XSum, CNNDailyMail, SST2, AGNews, WebNLG)})

@@ -12,8 +12,8 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from ..scoring import classification, rouge
-from .base import SPLITS, DataError, Example
+from prefixlab.tasks.scoring import classification, rouge
+from prefixlab.tasks.base import SPLITS, DataError, Example
 
 
 def bbc_data_dir() -> Path:

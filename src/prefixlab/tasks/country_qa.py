@@ -18,10 +18,10 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from ..scoring import squad
-from .base import SPLITS, DataError, Example
-from .spans import SpanExample, spans_to_text_example
-from .splits import split_by_key
+from prefixlab.tasks.scoring import squad
+from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.spans import SpanExample, spans_to_text_example
+from prefixlab.tasks.splits import split_by_key
 
 QUESTIONS = {  # countryinfo field -> question template
     "capital": "What is the capital of {country}?",

@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..scoring import classification, rouge
-from .base import SPLITS, DataError, Example
-from .splits import carve
+from prefixlab.tasks.scoring import classification, rouge
+from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.splits import carve
 
 log = logging.getLogger(__name__)
 

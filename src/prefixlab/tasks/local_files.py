@@ -18,8 +18,8 @@ import io
 import json
 from pathlib import Path
 
-from ..scoring import generation_scores
-from .base import SPLITS, DataError, Example
+from prefixlab.tasks.scoring import generation_scores
+from prefixlab.tasks.base import SPLITS, DataError, Example
 
 FORMATS = ("csv", "jsonl")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DataError
+from prefixlab.tasks.base import DataError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SpanExample:
 def spans_to_text_example(example: SpanExample, context_label: str = "Passage"):
     """The same question as a generative ``Example`` for LMs: the question first, so that a
     source cut at ``task.max_source_tokens`` loses the end of the context, never the question."""
-    from .base import Example
+    from prefixlab.tasks.base import Example
 
     return Example(example.id, f"Question: {example.question}\n{context_label}: {example.context}", example.answer,
                    example.references)

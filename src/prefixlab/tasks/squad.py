@@ -19,9 +19,9 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-from ..scoring import squad
-from .base import SPLITS, DataError, Example
-from .spans import SpanExample, spans_to_text_example
+from prefixlab.tasks.scoring import squad
+from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.spans import SpanExample, spans_to_text_example
 
 HUB_NAME = "rajpurkar/squad"
 RELEASED_FILES = {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}  # hub split -> released file

@@ -31,10 +31,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from ..scoring import MetricUnavailableError, check_coco_metrics, table_to_text
-from .base import SPLITS, DataError, Example
-from .hub import load_from_hub, load_local
-from .splits import split_by_key
+from prefixlab.tasks.scoring import MetricUnavailableError, check_coco_metrics, table_to_text
+from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.hub import load_from_hub, load_local
+from prefixlab.tasks.splits import split_by_key
 
 Group = tuple[str, tuple[str, ...]]  # (linearized input, its references in file order)
 

@@ -18,11 +18,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .engine.padding import pad_rows
-from .formatting import PromptFormatter
-from .model_loading import load_tokenizer
-from .tasks import DataError, Example, build_task
-from .token_cache import TokenizedCache
+from prefixlab.engine.padding import pad_rows
+from prefixlab.data.formatting import PromptFormatter
+from prefixlab.training.model_loading import load_tokenizer
+from prefixlab.tasks import DataError, Example, build_task
+from prefixlab.data.token_cache import TokenizedCache
 
 IGNORE_INDEX = -100
 

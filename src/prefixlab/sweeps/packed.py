@@ -53,8 +53,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig, validate
-from .engine.padding import pad_rows
+from prefixlab.config import TrainConfig, validate
+from prefixlab.engine.padding import pad_rows
 
 PACKABLE_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
 PACKABLE_PRECISIONS = ("32-true", "32", "bf16-mixed")
@@ -206,7 +206,7 @@ def _token_losses(shared, input_ids, attention_mask, labels, prefix) -> torch.Te
 def _gradient_leaves(activations):
     """Detached copies of a job's prefix keys/values that collect the gradient of every forward
     of the step; the job's encoder gets it in one backward at the end (``_backward_into_encoder``)."""
-    from .engine.injection import PrefixActivations, SitePrefix
+    from prefixlab.engine.injection import PrefixActivations, SitePrefix
 
     return PrefixActivations({name: SitePrefix(p.keys.detach().requires_grad_(), p.values.detach().requires_grad_(),
                                                p.mask, p.visible_from) for name, p in activations.sites.items()})
@@ -226,11 +226,11 @@ def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading
     datamodule, module) so that the job's prefix starts from the same random numbers."""
     import pytorch_lightning as pl
 
-    from .methods import check_method_fits_model
-    from .module import PrefixTuningModule
-    from .reliability import LastGoodState
-    from .resume import ResumableDataModule
-    from .runs import check_free_space, check_writable, run_summary, storage_needed
+    from prefixlab.methods import check_method_fits_model
+    from prefixlab.training.lm_module import PrefixTuningModule
+    from prefixlab.training.reliability import LastGoodState
+    from prefixlab.training.resume import ResumableDataModule
+    from prefixlab.run.runs import check_free_space, check_writable, run_summary, storage_needed
 
     settings, resolved, task = job.settings, job.resolved, job.settings.task
     check_writable(job.run_dir)
@@ -272,7 +272,7 @@ def _forward_backward(running: list, batches: list[dict], shared, pad_id: int, d
     batch. The step minimizes the sum of the jobs' losses; a prefix reaches only its own rows,
     so d(sum)/d(prefix_j) = d(loss_j)/d(prefix_j). The prefix is computed once per job (its MLP
     runs once) and its gradient flows back through the encoder once, after the last forward."""
-    from .engine.mixing import stack_prefixes, with_visibility
+    from prefixlab.engine.mixing import stack_prefixes, with_visibility
 
     forwards = _length_sorted_forwards(batches, pad_id, rows_per_forward)
     target_counts = [0] * len(running)
@@ -353,7 +353,7 @@ def generate_for_all_jobs(running: list[_Running], shared, device, precision: st
     (``prepared_predictions``), whose validate/test then score them. Returns how many
     generate() calls were made.
     """
-    from .engine.mixing import generate_mixed
+    from prefixlab.engine.mixing import generate_mixed
 
     groups: dict[str, list[_Running]] = {}
     for r in running:
@@ -397,8 +397,8 @@ def generate_for_all_jobs(running: list[_Running], shared, device, precision: st
 
 def _finish_job(r: _Running, shared, started: float, packed_jobs: int) -> dict:
     """Evaluate, export and write the results of one trained job, as ``train.train`` does."""
-    from .reliability import record_failure
-    from .runs import build_logger, build_trainer, finish_logger, logger_callbacks, wandb_tags, write_results
+    from prefixlab.training.reliability import record_failure
+    from prefixlab.run.runs import build_logger, build_trainer, finish_logger, logger_callbacks, wandb_tags, write_results
 
     settings, run_dir = r.job.settings, r.job.run_dir
     shared.prefix_encoder = r.encoder  # the shared wrapper serves one job's module at a time
@@ -445,7 +445,7 @@ def _finish_job(r: _Running, shared, started: float, packed_jobs: int) -> dict:
 
 
 def _record_input_error(job: PackedJob, error: BaseException) -> dict:
-    from .reliability import record_input_error
+    from prefixlab.training.reliability import record_input_error
 
     print(f"prefixlab-train: error: [{job.run_dir}] {error}", file=sys.stderr)
     record_input_error(error, job.run_dir)
@@ -478,12 +478,12 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
     content, in order (``status`` completed or failed). One job's bad config or divergence
     fails that job only; an error of the shared forward fails every job still training.
     ``rows_per_forward``: rows per forward of a step (``choose_rows_per_forward``)."""
-    from .errors import USER_ERRORS
-    from .engine.families import adapter_for_model_type
-    from .model_loading import load_config
-    from .module import load_frozen_lm
-    from .engine.prefixed_lm import PrefixedCausalLM
-    from .reliability import record_failure
+    from prefixlab.errors import USER_ERRORS
+    from prefixlab.engine.families import adapter_for_model_type
+    from prefixlab.training.model_loading import load_config
+    from prefixlab.training.lm_module import load_frozen_lm
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+    from prefixlab.training.reliability import record_failure
 
     started = time.time()
     if rows_per_forward_problem(rows_per_forward):
@@ -517,7 +517,7 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
 
     import pytorch_lightning as pl
 
-    from .cpu_memory import keep_freed_memory
+    from prefixlab.training.cpu_memory import keep_freed_memory
 
     device = _device(first)
     if device.type == "cpu":  # a packed step's activations exceed malloc's mmap threshold (cpu_memory.py)

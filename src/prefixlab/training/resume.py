@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .datamodule import TaskDataModule
+from prefixlab.data.datamodule import TaskDataModule
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _LM_PREFIX = "prefixed.lm."
@@ -280,7 +280,7 @@ class ResumableDataModule(TaskDataModule):
     def for_run(cls, settings, is_encoder_decoder: bool) -> "ResumableDataModule":
         """A run's datamodule from its typed config (``TrainConfig``): single runs and packed
         sweeps build it here, so a job's data is the same whichever way it runs."""
-        from .tasks import task_options
+        from prefixlab.tasks import task_options
 
         task = settings.task
         return cls(

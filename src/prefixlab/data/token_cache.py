@@ -25,8 +25,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import formatting
-from .model_loading import cache_root
+from prefixlab.data import formatting
+from prefixlab.training.model_loading import cache_root
 
 log = logging.getLogger(__name__)
 

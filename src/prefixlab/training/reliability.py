@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from .runs import write_results
+from prefixlab.run.runs import write_results
 
 
 class RunInterrupted(Exception):
@@ -148,7 +148,7 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
                    summary: dict, started: float) -> BaseException:
     """Write what happened to ``metrics.json``; for a non-finite loss also export the last good
     prefix. Returns the exception the entry point should raise."""
-    from .resume import LAST_CHECKPOINT
+    from prefixlab.training.resume import LAST_CHECKPOINT
 
     run_dir = Path(run_dir)
     step = trainer.global_step if trainer is not None else 0
@@ -165,7 +165,7 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
         result = RunInterrupted(signum, step, checkpoint if checkpoint.is_file() else None)
     else:
         metrics.update(status="failed", error=f"{type(error).__name__}: {error}")
-    from .runs import is_global_zero
+    from prefixlab.run.runs import is_global_zero
 
     writes = is_global_zero(trainer)  # the other ranks of a multi-process run only pass the error on
     if isinstance(error, FloatingPointError):

@@ -20,11 +20,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .datamodule import take_subset
-from .engine.padding import pad_rows
-from .model_loading import load_tokenizer
-from .tasks import TASKS, DataError, build_task
-from .tasks.spans import SpanExample
+from prefixlab.data.datamodule import take_subset
+from prefixlab.engine.padding import pad_rows
+from prefixlab.training.model_loading import load_tokenizer
+from prefixlab.tasks import TASKS, DataError, build_task
+from prefixlab.tasks.spans import SpanExample
 
 CLASSIFICATION, EXTRACTIVE = "classification", "extractive"
 
@@ -196,7 +196,7 @@ class EncoderDataModule(pl.LightningDataModule):
         return collate_encoder(batch, self.pad_id)
 
     def train_dataloader(self) -> DataLoader:
-        from .resume import ResumableDataLoader
+        from prefixlab.training.resume import ResumableDataLoader
 
         if self.trainer is not None and self.trainer.world_size > 1:  # Lightning shards it with a DistributedSampler
             generator = torch.Generator().manual_seed(self.hparams.seed)

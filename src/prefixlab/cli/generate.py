@@ -67,7 +67,7 @@ def _read_prompts(source: str, default_prefix: str | None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from .errors import USER_ERRORS
+    from prefixlab.errors import USER_ERRORS
 
     try:
         for line in run(args):
@@ -89,9 +89,9 @@ class MixedPrefixGenerator:
     """
 
     def __init__(self, model_name: str, prefix_dirs: dict[str, Path], prompt_format: str = "raw") -> None:
-        from .engine.prefixed_lm import PrefixedCausalLM
-        from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
-        from .model_loading import load_config, load_lm, load_tokenizer
+        from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+        from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
+        from prefixlab.training.model_loading import load_config, load_lm, load_tokenizer
 
         # trust_remote_code=False always: the model name may come from a prefix folder, which never opts in
         config = load_config(model_name, trust_remote_code=False)  # a wrong model name fails before anything loads
@@ -106,8 +106,8 @@ class MixedPrefixGenerator:
         self.encode = self._encoder_for(prompt_format)
 
     def _load(self, name: str, directory: Path) -> None:
-        from .engine.export import PrefixFormatError, load_prefix
-        from .engine.peft_format import is_peft_prefix, load_peft_prefix
+        from prefixlab.engine.export import PrefixFormatError, load_prefix
+        from prefixlab.engine.peft_format import is_peft_prefix, load_peft_prefix
 
         geometry = self.model.geometry
         try:
@@ -134,8 +134,8 @@ class MixedPrefixGenerator:
             )
         if prompt_format == "raw":
             return lambda text: tokenizer(text, add_special_tokens=self.is_encoder_decoder)["input_ids"]
-        from .formatting import PromptFormatter
-        from .tasks import build_task
+        from prefixlab.data.formatting import PromptFormatter
+        from prefixlab.tasks import build_task
 
         task = build_task(prompt_format)
         formatter = PromptFormatter(tokenizer, task.instruction, task.answer_cue, is_encoder_decoder=self.is_encoder_decoder)
@@ -146,8 +146,8 @@ class MixedPrefixGenerator:
         Yields each dict with "output" added, in order."""
         from tqdm import tqdm
 
-        from .engine.injection import PrefixActivations
-        from .engine.mixing import generate_mixed
+        from prefixlab.engine.injection import PrefixActivations
+        from prefixlab.engine.mixing import generate_mixed
 
         unknown = sorted({str(r.get("prefix")) for r in prompts if r.get("prefix") not in (*self.prefixes, None, NO_PREFIX)})
         if unknown:
@@ -167,7 +167,7 @@ class MixedPrefixGenerator:
 
 
 def run(args: argparse.Namespace):
-    from .engine.peft_format import is_peft_prefix
+    from prefixlab.engine.peft_format import is_peft_prefix
 
     prefix_dirs = _named_prefix_dirs(args.prefix)
     model_name = args.model

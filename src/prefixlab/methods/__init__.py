@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .engine.geometry import PrefixGeometry
-from .engine.initialization import init_token_ids, initialize_from_activations, word_activations
-from .engine.parameterization import EmbeddingPrompt, FlatPrefix, MLPPrefix
+from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.initialization import init_token_ids, initialize_from_activations, word_activations
+from prefixlab.engine.parameterization import EmbeddingPrompt, FlatPrefix, MLPPrefix
 
 PREFIX_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
 MLP_METHODS = ("prefix", "infix")
@@ -42,7 +42,7 @@ class MethodNotSupportedError(ValueError):
 
 def check_method_fits_model(method: dict, config) -> None:
     """Before any weights load: is this method defined for this architecture?"""
-    from .engine.families import adapter_for_model_type
+    from prefixlab.engine.families import adapter_for_model_type
 
     name = method["name"]
     # Every method runs through a prefixed wrapper (it attaches the engine), so every method
@@ -148,7 +148,7 @@ def unfreeze_for(method: dict, lm: nn.Module) -> None:
     if name in PEFT_METHODS:
         inject_peft_adapter(method, lm)
     if name in ADAPTER_METHODS:
-        from .engine.bottleneck_adapters import attach_adapters
+        from prefixlab.engine.bottleneck_adapters import attach_adapters
 
         attach_adapters(lm, bottleneck=method["bottleneck"], placement=method["adapter_placement"],
                         init_std=method["init_std"], params_percent=method["adapter_params_percent"])

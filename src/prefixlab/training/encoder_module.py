@@ -26,17 +26,17 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .artifacts import atomic_replace_dir
-from .encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
-from .engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
-from .engine.families import adapter_for_model_type
-from .engine.geometry import PrefixGeometry
-from .engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
-from .lightning_common import TrainEvalHooks
-from .methods import PREFIX_METHODS, build_prefix_encoder
-from .model_loading import ModelNotFoundError, load_config, resolve
-from .scoring import classification, squad
-from .tasks import task_options
+from prefixlab.run.artifacts import atomic_replace_dir
+from prefixlab.data.encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
+from prefixlab.engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
+from prefixlab.engine.families import adapter_for_model_type
+from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
+from prefixlab.training.lightning_common import TrainEvalHooks
+from prefixlab.methods import PREFIX_METHODS, build_prefix_encoder
+from prefixlab.training.model_loading import ModelNotFoundError, load_config, resolve
+from prefixlab.tasks.scoring import classification, squad
+from prefixlab.tasks import task_options
 
 HEAD_FORMAT, HEAD_FORMAT_VERSION = "prefixlab-encoder-head", 1
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
@@ -283,7 +283,7 @@ def load_encoder_export(directory: Path, model: dict | None = None):
     """(PrefixedEncoder with the export's head, its prefix or None, tokenizer, head config) for an exported
     run: ``wrapped(**tokenizer(...), prefix=prefix)``.
     ``model``: the model section to load (default: the export's base model, float32)."""
-    from .model_loading import load_tokenizer
+    from prefixlab.training.model_loading import load_tokenizer
 
     config = read_head_config(directory)
     # only the base model's name is read from the export: an export folder never opts in to remote code

@@ -16,17 +16,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .artifacts import atomic_replace_dir
-from .engine.bottleneck_adapters import CHILD as BOTTLENECK_CHILD
-from .engine.export import ExportedPrefix, save_prefix
-from .engine.geometry import PrefixGeometry
-from .engine.prefixed_lm import PrefixedCausalLM
-from .engine.prefixed_seq2seq import PrefixedSeq2SeqLM
-from .engine.mixing import with_visibility
-from .lightning_common import TrainEvalHooks
-from .methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for
-from .model_loading import load_lm, load_tokenizer
-from .tasks import build_task
+from prefixlab.run.artifacts import atomic_replace_dir
+from prefixlab.engine.bottleneck_adapters import CHILD as BOTTLENECK_CHILD
+from prefixlab.engine.export import ExportedPrefix, save_prefix
+from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
+from prefixlab.engine.mixing import with_visibility
+from prefixlab.training.lightning_common import TrainEvalHooks
+from prefixlab.methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for
+from prefixlab.training.model_loading import load_lm, load_tokenizer
+from prefixlab.tasks import build_task
 
 _LM_PREFIX = "prefixed.lm."
 
@@ -243,7 +243,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
             return save_prefix(directory, self.exported_prefix())
         lm = self.prefixed.lm
         if name == "adapter":
-            from .engine.bottleneck_adapters import save_adapters
+            from prefixlab.engine.bottleneck_adapters import save_adapters
 
             info = {"base_model": self.hparams.model["name_or_path"], "task": self.hparams.task_name}
             return save_adapters(directory, lm, self.hparams.method["adapter_placement"], info)

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from .artifacts import atomic_write, atomic_write_text
+from prefixlab.run.artifacts import atomic_write, atomic_write_text
 
 NO_METRICS = "no metrics.json (running or killed)"
 PARAMETER_COLUMNS = ("trainable_params", "exported_params", "trainable_percent_of_lm")

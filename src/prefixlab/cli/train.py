@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import TrainConfig, register_configs, validate
+from prefixlab.config import TrainConfig, register_configs, validate
 
 register_configs()
 # Run directories carry milliseconds and the process id, so jobs started together never share one.
@@ -32,13 +32,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     validate(settings)  # cheap checks first: nothing below runs on a bad config
     import pytorch_lightning as pl
 
-    from .encoder_module import build_encoder_run, is_encoder_model
-    from .methods import check_method_fits_model
-    from .model_loading import load_config
-    from .module import PrefixTuningModule
-    from .reliability import LastGoodState, StopOnSignal, record_failure
-    from .resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
-    from .runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
+    from prefixlab.training.encoder_module import build_encoder_run, is_encoder_model
+    from prefixlab.methods import check_method_fits_model
+    from prefixlab.training.model_loading import load_config
+    from prefixlab.training.lm_module import PrefixTuningModule
+    from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
+    from prefixlab.training.resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
+    from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
                        logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
 
     check_writable(run_dir)
@@ -135,15 +135,15 @@ def wandb_identity() -> dict:
 
 
 # conf/ sits at the repository root; src/prefixlab/conf links to it so the package finds it.
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
-    from .errors import USER_ERRORS
-    from .reliability import RunFailed, RunInterrupted, record_input_error
+    from prefixlab.errors import USER_ERRORS
+    from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -169,7 +169,7 @@ _NO_RUN_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", 
 def main() -> None:
     """The console entry point: Hydra creates the run directory before ``train`` runs, so a
     directory that cannot be created is reported here, in one line, instead of by Hydra."""
-    from .runs import OutputDirError, check_run_dir_creatable
+    from prefixlab.run.runs import OutputDirError, check_run_dir_creatable
 
     args = sys.argv[1:]
     if not _NO_RUN_FLAGS.intersection(args):

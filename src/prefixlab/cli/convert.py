@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--model", default=None, help="base model (needed for --to prefixlab)")
     args = parser.parse_args(argv)
-    from .errors import USER_ERRORS
+    from prefixlab.errors import USER_ERRORS
 
     try:
         print(convert(Path(args.source), args.to, Path(args.out), args.model))
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def convert(source: Path, to: str, out: Path, model: str | None) -> Path:
-    from .engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
-    from .engine.peft_format import is_peft_prefix, load_peft_prefix, save_peft_prefix
+    from prefixlab.engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
+    from prefixlab.engine.peft_format import is_peft_prefix, load_peft_prefix, save_peft_prefix
 
     if to == "peft":
         if is_peft_prefix(source):
@@ -42,8 +42,8 @@ def convert(source: Path, to: str, out: Path, model: str | None) -> Path:
         return save_peft_prefix(out, exported.activations, exported.geometry, exported.base_model)
     if model is None:
         raise PrefixFormatError("--to prefixlab needs --model: PEFT's files do not say which model type they are for")
-    from .engine.prefixed_lm import PrefixedCausalLM
-    from .model_loading import load_lm
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+    from prefixlab.training.model_loading import load_lm
 
     geometry = PrefixedCausalLM(load_lm(model, trust_remote_code=False)).geometry  # converting never runs model code
     activations = load_peft_prefix(source, geometry, expected_model=None)

@@ -15,8 +15,8 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .artifacts import atomic_write, atomic_write_json, atomic_write_jsonl
-from .config import LoggerConfig, TrainerConfig
+from prefixlab.run.artifacts import atomic_write, atomic_write_json, atomic_write_jsonl
+from prefixlab.config import LoggerConfig, TrainerConfig
 
 
 class OutputDirError(OSError):
@@ -228,7 +228,7 @@ def check_launchable(trainer: pl.Trainer, in_sweep: bool) -> None:
     launcher = getattr(trainer.strategy, "launcher", None)
     if (in_sweep and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
             and not trainer.strategy.cluster_environment.creates_processes_externally):
-        from .config import ConfigError
+        from prefixlab.config import ConfigError
 
         raise ConfigError(
             f"trainer.strategy={trainer.strategy.__class__.__name__} with {launcher.num_processes} processes cannot run "

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-from .coco import (MetricUnavailableError, check_coco_metrics, cider, coco_tokenize, coco_tokenized, meteor,
+from prefixlab.tasks.scoring.coco import (MetricUnavailableError, check_coco_metrics, cider, coco_tokenize, coco_tokenized, meteor,
                    rouge_l)
-from .mteval import bleu as _mteval_bleu
-from .mteval import mteval_statistics
-from .mteval import nist as _mteval_nist
-from .text import (classification, corpus_bleu, generation_scores, normalize_answer, rouge, sentences_per_line,
+from prefixlab.tasks.scoring.mteval import bleu as _mteval_bleu
+from prefixlab.tasks.scoring.mteval import mteval_statistics
+from prefixlab.tasks.scoring.mteval import nist as _mteval_nist
+from prefixlab.tasks.scoring.text import (classification, corpus_bleu, generation_scores, normalize_answer, rouge, sentences_per_line,
                    squad, token_f1)
 
 # The official script's names and scales: BLEU, METEOR and ROUGE_L as fractions, NIST and CIDEr as they are.

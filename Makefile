@@ -28,8 +28,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# test-fast: everything but the real embedded models (marker embedded) and the subprocess / real-CLI tests (marker cli)
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded and not cli"
 
 train: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/prefixlab-train $(ARGS)

@@ -20,3 +20,11 @@ def smollm2_dir():
     from prefixlab.training.model_loading import SMOLLM2, resolve
 
     return resolve(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """tests/tiny_models.py: the tiny random GPT-2 / Llama / BART / T5 builders shared by the suite."""
+    import tiny_models
+
+    return tiny_models

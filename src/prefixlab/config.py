@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from prefixlab.methods import MLP_METHODS, METHODS, PREFIX_METHODS
+from prefixlab.methods import get_method, method_names
 from prefixlab.training.model_loading import SMOLLM2
 
 LOGGERS = ("csv", "wandb")
@@ -33,7 +33,7 @@ class ModelConfig:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
     random_init: bool = field(default=False, metadata={"help": "random weights, same architecture (debug runs)"})
     config_overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {num_hidden_layers: 2}"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward: less memory, ~30% slower"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward: less memory, one more forward per layer (slower)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run the model's own Python code (config.json auto_map): only for a model you have inspected and trust; exported prefixes can never turn this on"})
 
 
@@ -189,22 +189,23 @@ def validate(cfg: TrainConfig) -> None:
     """Range and cross-field checks that the types cannot express. Raises ConfigError."""
     from prefixlab.tasks import TASKS
 
-    _require(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {', '.join(METHODS)}")
+    _require(cfg.method.name in method_names(), "method.name", cfg.method.name, f"one of {', '.join(method_names())}")
+    spec = get_method(cfg.method.name)  # what the method needs: prefixlab.methods (its family's module)
     _require(cfg.method.prefix_length > 0, "method.prefix_length", cfg.method.prefix_length, "must be >= 1")
-    if cfg.method.name in MLP_METHODS:
+    if spec.uses_mlp:
         _require(cfg.method.mid_dim is not None and cfg.method.mid_dim > 0, "method.mid_dim", cfg.method.mid_dim,
                  f"must be >= 1 for method {cfg.method.name} (its MLP's width)")
     else:
         _require(cfg.method.mid_dim is None, "method.mid_dim", cfg.method.mid_dim,
                  f"must be null: method {cfg.method.name} has no reparameterization MLP (use method=prefix for one)")
-    _require(cfg.method.init != "text" or cfg.method.name in PREFIX_METHODS, "method.init", cfg.method.init,
-             f"text init applies to prefix methods ({', '.join(PREFIX_METHODS)}), not {cfg.method.name}")
+    _require(cfg.method.init != "text" or spec.is_prefix, "method.init", cfg.method.init,
+             f"text init applies to prefix methods ({', '.join(method_names(is_prefix=True))}), not {cfg.method.name}")
     _require(cfg.method.k >= 1, "method.k", cfg.method.k, "must be >= 1")
     _require(cfg.method.lora_r >= 1, "method.lora_r", cfg.method.lora_r, "must be >= 1")
     _require(cfg.method.prefix_sites is None or len(cfg.method.prefix_sites) > 0, "method.prefix_sites",
              cfg.method.prefix_sites, "null (all sites) or a non-empty list of decoder_self, encoder_self, cross")
     _require(cfg.method.mlp_layers >= 1, "method.mlp_layers", cfg.method.mlp_layers, "must be >= 1")
-    if cfg.method.name == "adapter":
+    if spec.uses_bottleneck:
         _require((cfg.method.bottleneck is None) != (cfg.method.adapter_params_percent is None), "method.bottleneck",
                  cfg.method.bottleneck, "set exactly one of method.bottleneck and method.adapter_params_percent")
         _require(cfg.method.bottleneck is None or cfg.method.bottleneck >= 1, "method.bottleneck", cfg.method.bottleneck, "must be >= 1")

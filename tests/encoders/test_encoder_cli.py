@@ -18,6 +18,8 @@ from prefixlab.engine.export import load_prefix
 
 from .squad_files import write_squad
 
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
+
 TINY = ["model=tiny_random_encoder", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "task.train_size=16",
         "task.val_size=4", "task.test_size=6", "task.batch_size=4", "task.eval_batch_size=4"]
 

@@ -223,3 +223,37 @@ def test_an_answer_cut_off_by_truncation_adds_no_loss(tokenizer):
         assert torch.allclose(module._loss(both, module(both)), module._loss(alone, module(alone)), atol=1e-6)
         only_cut = collate_encoder(encoded[1:], tokenizer.pad_token_id)
         assert module._loss(only_cut, module(only_cut)) is None
+
+
+def test_gradient_checkpointing_keeps_dropout_off_in_the_encoder(tokenizer):
+    """The encoder path of tests/pipeline/test_training_invariants.py::test_gradient_checkpointing_keeps_dropout_off:
+    with model.gradient_checkpointing=true the encoder (dropout 0.1) stays in eval mode, its layers
+    are recomputed in backward, and loss and gradients equal those without checkpointing."""
+    batch = classification_batch(tokenizer)
+    runs = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = EncoderTaskModule({**TINY_ENCODER, "gradient_checkpointing": checkpointing}, METHODS["prefix"], OPTIM,
+                                   "test_task", CLASSIFICATION, labels=LABELS, max_steps=10)
+        module.train()
+        encoder = module.prefixed.model
+        assert encoder.config.hidden_dropout_prob > 0 and encoder.is_gradient_checkpointing is checkpointing
+        assert not [name for name, m in encoder.named_modules() if m.training]
+        calls = [0]
+        for m in encoder.modules():
+            if type(m).__name__.endswith("SelfAttention"):
+                m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        losses = []
+        for _ in range(3):
+            module.zero_grad()
+            calls[0] = 0
+            loss = module._loss(batch, module(batch))
+            forward_calls = calls[0]
+            loss.backward()
+            losses.append(loss.item())
+            assert forward_calls > 0 and calls[0] == forward_calls * (2 if checkpointing else 1)
+        assert losses[0] == losses[1] == losses[2], losses
+        runs[checkpointing] = losses[0], [p.grad.clone() for p in module.parameters() if p.requires_grad]
+    assert runs[True][0] == pytest.approx(runs[False][0], abs=1e-6)
+    for plain, checkpointed in zip(runs[False][1], runs[True][1]):
+        assert torch.allclose(checkpointed, plain, atol=1e-6)

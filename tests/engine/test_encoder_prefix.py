@@ -30,13 +30,6 @@ IMPLEMENTATIONS = ("sdpa", "eager")
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _config(family: str):
     # initializer_range 0.2 (default 0.02): at the default the random encoders are nearly constant

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import build_lm
 
 from prefixlab.engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
 from prefixlab.engine.parameterization import MLPPrefix
@@ -12,11 +12,7 @@ from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 
 
 def _tiny_llama(layers=2):
-    config = LlamaConfig(
-        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build_lm("llama", seed=None, run_to_max_new_tokens=False, num_hidden_layers=layers)
 
 
 @pytest.fixture
@@ -95,3 +91,54 @@ def test_export_replaces_atomically_and_keeps_the_old_one_on_failure(exported, m
     assert (path / "prefix.safetensors").read_bytes() == before
     assert load_prefix(path).prefix_length == 3
     assert export_module  # module imported for monkeypatch target
+
+
+# ---- hostile prefix folders (adversarial review): each bad field is one PrefixFormatError line ----
+
+def _edit_config(path, change):
+    config = json.loads((path / "prefix_config.json").read_text())
+    change(config)
+    (path / "prefix_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(metadata=["a", "list"]), r"metadata is \['a', 'list'\]; expected a JSON object"),
+    (lambda c: c.pop("base_model"), r"base_model is 'missing'; expected a non-empty string"),
+    (lambda c: c.update(base_model=7), r"base_model is 7; expected a non-empty string"),
+    (lambda c: c.update(prefix_length="3"), r"prefix_length is '3'; expected a positive integer"),
+    (lambda c: c.update(prefix_length=True), r"prefix_length is True; expected a positive integer"),
+    (lambda c: c.update(method=None), r"method is None; expected a non-empty string"),
+    (lambda c: c["geometry"]["sites"]["decoder_self"].update(rope_theta=10000), r"geometry.sites.decoder_self is .*rope_theta.*; expected an object of positive integers"),
+    (lambda c: c["geometry"]["sites"]["decoder_self"].update(head_dim=-8), r"geometry.sites.decoder_self is .*-8.*; expected"),
+    (lambda c: c.update(geometry=["not", "an", "object"]), r"geometry is \['not', 'an', 'object'\]; expected"),
+])
+def test_every_bad_config_field_is_one_line_naming_it(exported, change, message):
+    _, path = exported
+    _edit_config(path, change)
+    with pytest.raises(PrefixFormatError, match=message) as error:
+        load_prefix(path)
+    assert "\n" not in str(error.value) and "prefix_config.json" in str(error.value)
+
+
+def test_a_config_that_is_a_list_is_refused(exported):
+    _, path = exported
+    (path / "prefix_config.json").write_text("[1, 2]")
+    with pytest.raises(PrefixFormatError, match="not a JSON object"):
+        load_prefix(path)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda t: t.to(torch.int64), "has dtype torch.int64; a prefix holds floating-point activations"),
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "holds NaN or infinite values"),
+])
+def test_integer_or_non_finite_tensors_are_refused(exported, bad, message):
+    from safetensors.torch import load_file, save_file
+
+    _, path = exported
+    tensors = load_file(str(path / "prefix.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = bad(tensors[name]).contiguous()
+    save_file(tensors, str(path / "prefix.safetensors"))
+    with pytest.raises(PrefixFormatError, match=f"tensor {name} {message}" if "dtype" in message else message):
+        load_prefix(path)

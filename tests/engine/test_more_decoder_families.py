@@ -35,13 +35,6 @@ ATOL = 1e-5
 FAMILIES = ("qwen2", "gemma3_text")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def build_decoder(family: str, attn_implementation: str = "sdpa", seed: int = 0):
     """2 layers, 4 query / 2 kv heads (GQA). Gemma3 gets one sliding-window and one full layer;
@@ -252,7 +245,7 @@ def test_causal_wrapper_refuses_encoder_decoder_and_encoder_only_models():
     otherwise run them silently with causal-LM inputs) and leave them as they were."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from .test_seq2seq_prefix import build_seq2seq
+    from tiny_models import build_seq2seq
 
     bert = BertForSequenceClassification(
         BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)

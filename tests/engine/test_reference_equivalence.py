@@ -30,15 +30,6 @@ ATOL = 1e-5
 SITE = "decoder_self"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models are tiny: intra-op threads only cost, and on a busy 2-core machine they
-    oversubscribe badly (measured: 95 s with 2 threads next to a training run, 2 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # --------------------------------------------------------------------------- helpers
 

@@ -16,9 +16,8 @@ import copy
 
 import pytest
 import torch
+from tiny_models import SEQ2SEQ_VOCAB, build_seq2seq
 from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
     DynamicCache,
     EncoderDecoderCache,
     GenerationConfig,
@@ -35,55 +34,17 @@ from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 SITES = ("encoder_self", "decoder_self", "cross")
 FAMILIES = ("bart", "t5")
 IMPLEMENTATIONS = ("sdpa", "eager")
-VOCAB = 99
+VOCAB = SEQ2SEQ_VOCAB  # 99
 ATOL = 1e-5
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------- models and data
 
 
-def build_seq2seq(family: str, attn_implementation: str = "sdpa", seed: int = 0):
-    """A 2+2-layer random encoder-decoder in eval mode.
-
-    Weight matrices are redrawn with std 0.2: at the configs' default init (BART std 0.02,
-    tied embeddings) greedy decoding just repeats the start token, which would make the
-    generation tests toothless. eos / forced eos are dropped so every generate call runs to
-    ``max_new_tokens``.
-    """
-    torch.manual_seed(seed)
-    if family == "bart":
-        config = BartConfig(
-            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=False,
-        )
-        lm = BartForConditionalGeneration(config)
-    elif family == "t5":
-        config = T5Config(
-            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False,
-        )
-        lm = T5ForConditionalGeneration(config)
-    else:
-        raise ValueError(family)
-    with torch.no_grad():
-        for p in lm.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
-    lm.set_attn_implementation(attn_implementation)
-    lm.generation_config.eos_token_id = None
-    lm.generation_config.forced_eos_token_id = None
-    lm.generation_config.forced_bos_token_id = None
-    lm.generation_config.pad_token_id = lm.config.pad_token_id
-    return lm.eval()
+# build_seq2seq (tests/tiny_models.py): a 2+2-layer random BART / T5 in eval mode, weight matrices
+# redrawn with std 0.2 (at the default init greedy decoding just repeats the start token), eos
+# dropped so every generate call runs to max_new_tokens.
 
 
 def _rows(lengths: list[int], seed: int) -> list[torch.Tensor]:

@@ -169,6 +169,7 @@ def _cli(args: list[str], cwd: Path, data_root: Path):
                           text=True, timeout=300)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_trains_one_step_through_the_cli(experiment, tmp_path, data_root):
     result = _cli([f"experiment={experiment}", *TINY], tmp_path, data_root)
@@ -182,6 +183,7 @@ def test_every_experiment_trains_one_step_through_the_cli(experiment, tmp_path, 
         assert inputs and all(("Place " if task == "e2e" else "Town ") in text for text in inputs), inputs
 
 
+@pytest.mark.cli
 def test_one_experiment_runs_through_multirun_into_its_sweep_folder(tmp_path, data_root):
     # every axis pinned to its first value: a one-job sweep through the real launcher
     first = grid("low_data", "small")[0]

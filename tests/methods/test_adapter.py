@@ -9,7 +9,8 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import BartConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+import tiny_models
+from transformers import BartConfig
 
 from prefixlab.config import ConfigError, TrainConfig, validate
 from prefixlab.engine.bottleneck_adapters import (
@@ -26,13 +27,11 @@ ADAPTER_METHOD = {**PREFIX_METHOD, "name": "adapter", "mid_dim": None, "bottlene
 
 
 def build_lm(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
+    """The shared tiny LM with 64 positions and the configs' default special tokens (no pad)."""
     if family == "llama":
-        config = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        return LlamaForCausalLM(config).eval()
-    config = GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-    return GPT2LMHeadModel(config).eval()
+        return tiny_models.build_lm("llama", run_to_max_new_tokens=False, max_position_embeddings=64, pad_token_id=None)
+    return tiny_models.build_lm("gpt2", run_to_max_new_tokens=False, n_positions=64, bos_token_id=50256,
+                                eos_token_id=50256, pad_token_id=None)
 
 
 def _logits(lm, ids):
@@ -202,6 +201,7 @@ def test_good_adapter_settings_pass_validation():
     validate(_method_cfg(bottleneck=None, adapter_params_percent=0.1, adapter_placement="houlsby"))
 
 
+@pytest.mark.cli
 def test_cli_trains_and_exports_an_adapter(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     args = [a for a in TINY_CLI if not a.startswith(("method.", "trainer.max_steps"))]

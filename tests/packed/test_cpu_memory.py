@@ -13,6 +13,8 @@ import pytest
 if not sys.platform.startswith("linux"):
     pytest.skip("glibc malloc only", allow_module_level=True)
 
+pytestmark = pytest.mark.cli  # every case is a fresh interpreter in a subprocess: `make test-fast` skips these
+
 # Four "steps" that each allocate, touch and free 16 blocks of 40 MB (above glibc's largest mmap
 # threshold, 32 MiB, like the packed step's MLP activations); prints the page faults of the last.
 # (With the setting, the heap settles within a few steps: about 48k, 10k, then 0 faults here.)

@@ -285,6 +285,7 @@ def run_cli(args, cwd, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.cli
 def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
     result = run_cli(["-m", "launcher=packed", *TINY_CLI, "eval_zero_shot=false", "method.prefix_length=0,2,4",
                       "hydra.launcher.rows_per_forward=3"], tmp_path)
@@ -315,6 +316,7 @@ def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
     (["method=prefix,lora"], "method=lora trains the LM that packed jobs share"),
     (["method.prefix_length=2,4", "hydra.launcher.rows_per_forward=0"], "hydra.launcher.rows_per_forward=0: give a number"),
 ])
+@pytest.mark.cli
 def test_cli_refuses_a_packed_sweep_it_cannot_run_before_anything_loads(tmp_path, overrides, message):
     result = run_cli(["-m", "launcher=packed", *TINY_CLI, *overrides], tmp_path, timeout=300)
     assert result.returncode != 0
@@ -324,6 +326,7 @@ def test_cli_refuses_a_packed_sweep_it_cannot_run_before_anything_loads(tmp_path
     assert not [d for d in tmp_path.glob("multirun/*/*/*") if d.is_dir()]  # no job folder was made
 
 
+@pytest.mark.cli
 def test_cli_jobs_that_cannot_share_an_lm_run_alone(tmp_path):
     """Two seeds of the random-init model: two LMs, so each job is an ordinary single run
     (which writes a checkpoint; packed jobs do not)."""

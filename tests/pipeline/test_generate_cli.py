@@ -31,6 +31,7 @@ def _cli(args, stdin=""):
                           text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.cli
 def test_mixed_prefixes_in_one_batch_equal_each_prompt_alone(tmp_path, saved_model):
     lm = load_lm(str(saved_model))
     model = PrefixedCausalLM(lm.eval())
@@ -55,6 +56,7 @@ def test_mixed_prefixes_in_one_batch_equal_each_prompt_alone(tmp_path, saved_mod
         assert output["output"] == tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+@pytest.mark.cli
 def test_prefix_for_another_model_is_one_clear_error(tmp_path, saved_model):
     model = PrefixedCausalLM(load_lm(str(saved_model)))
     save_prefix(tmp_path / "p", ExportedPrefix(FlatPrefix(model.geometry, 2)().detached(), model.geometry, "some/other-model", 2, "prefix_flat"))
@@ -80,6 +82,7 @@ def test_convert_round_trip_through_peft_keeps_the_outputs(tmp_path, saved_model
                               model(ids, torch.ones_like(ids), prefix=back.activations).logits, atol=1e-6)
 
 
+@pytest.mark.cli
 def test_infix_export_is_used_as_an_infix(tmp_path, saved_model):
     import dataclasses
 
@@ -101,18 +104,17 @@ def test_infix_export_is_used_as_an_infix(tmp_path, saved_model):
 
 def test_python_api_mixes_prefixes_for_an_encoder_decoder(tmp_path):
     """One batch on a tiny BART, each prompt with its own three-site prefix (or none), beam search."""
-    from transformers import BartConfig, BartForConditionalGeneration
+    from tiny_models import build_seq2seq
 
     from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
     from prefixlab.cli.generate import MixedPrefixGenerator
 
     tokenizer = load_tokenizer(TINY_MODEL["name_or_path"])
-    torch.manual_seed(0)
-    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
-                        pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=tokenizer.eos_token_id,
-                        decoder_start_token_id=tokenizer.eos_token_id, init_std=0.2)
-    BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
+    bart = build_seq2seq("bart", redraw_std=None, run_to_max_new_tokens=False, vocab_size=len(tokenizer),
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=1,
+                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id, init_std=0.2,
+                         tie_word_embeddings=True)  # init_std: BartConfig's own initializer std
+    bart.save_pretrained(tmp_path / "bart")
     tokenizer.save_pretrained(tmp_path / "bart")
     model_dir = str(tmp_path / "bart")
     model = PrefixedSeq2SeqLM(load_lm(model_dir).eval())
@@ -130,3 +132,42 @@ def test_python_api_mixes_prefixes_for_an_encoder_decoder(tmp_path):
     # and the prefixes matter: the same prompts without them generate something else
     plain = list(generator.generate([{**p, "prefix": None} for p in prompts[:2]], max_new_tokens=5, num_beams=2, batch_size=2))
     assert [r["output"] for r in plain] != [r["output"] for r in together[:2]]
+
+
+def test_prompt_files_end_lines_at_newline_only_and_accept_a_byte_order_mark(tmp_path):
+    # regression: str.splitlines() cut a prompt holding U+2028 or U+0085 in two
+    from prefixlab.cli.generate import _read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_text('first\u2028still first\r\n{"prompt": "json\\u0085prompt"}\nnext\x85line\n', encoding="utf-8-sig")
+    rows = _read_prompts(str(path), default_prefix=None)
+    assert [r["prompt"] for r in rows] == ["first\u2028still first", "json\x85prompt", "next\x85line"]
+
+
+def test_bad_inputs_are_one_line_before_any_model_loads(tmp_path, saved_model, capsys):
+    """Regression (adversarial review): these gave tracebacks. Each is refused by prefixlab-generate's
+    main() in one line, before a model loads."""
+    from prefixlab.cli.generate import main
+
+    model = PrefixedCausalLM(load_lm(str(saved_model)))
+    run_dir = tmp_path / "run"
+    save_prefix(run_dir / "prefix", ExportedPrefix(FlatPrefix(model.geometry, 2)().detached(), model.geometry,
+                                                   str(saved_model), 2, "prefix_flat"))
+    (tmp_path / "empty").mkdir()
+    listed = tmp_path / "listed"
+    save_prefix(listed, ExportedPrefix(FlatPrefix(model.geometry, 2)().detached(), model.geometry, str(saved_model), 2, "prefix_flat"))
+    config = json.loads((listed / "prefix_config.json").read_text())
+    (listed / "prefix_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "base_model"}))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    cases = [
+        (["--prefix", str(run_dir / "prefix"), "--input", str(tmp_path / "missing.txt")], "missing.txt: cannot read the prompts"),
+        (["--model", str(saved_model), "--prefix", f"a={run_dir}", "--input", str(prompts)], "is a run folder; give its export"),
+        (["--prefix", str(tmp_path / "empty"), "--input", str(prompts)], "is not an exported prefix: expected prefix_config.json"),
+        (["--prefix", str(listed), "--input", str(prompts)], "base_model is 'missing'; expected a non-empty string"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        line = str(stop.value.code)
+        assert line.startswith("prefixlab-generate: error: ") and message in line and "\n" not in line, line

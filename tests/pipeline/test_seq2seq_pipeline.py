@@ -7,23 +7,23 @@ import sys
 
 import pytest
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+from tiny_models import build_seq2seq
 
 from prefixlab.training.model_loading import load_tokenizer
 
 from .helpers import TINY_CLI
 
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
+
 
 def _tiny_seq2seq(kind, vocab, pad, eos):
-    torch.manual_seed(0)
+    """The shared tiny BART / T5 at its config's own init, with the tokenizer's vocabulary and tokens."""
+    common = dict(redraw_std=None, run_to_max_new_tokens=False, vocab_size=vocab, pad_token_id=pad, eos_token_id=eos,
+                  tie_word_embeddings=True)
     if kind == "bart":
-        config = BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-                            pad_token_id=pad, bos_token_id=1, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=None)
-        return BartForConditionalGeneration(config)
-    config = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                      pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
-    return T5ForConditionalGeneration(config)
+        return build_seq2seq("bart", **common, max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=eos,
+                             forced_eos_token_id=None)
+    return build_seq2seq("t5", **common, decoder_start_token_id=pad)
 
 
 @pytest.fixture(scope="module", params=["bart", "t5"])

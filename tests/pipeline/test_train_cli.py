@@ -12,6 +12,8 @@ from prefixlab.engine.export import load_prefix
 
 from .helpers import TINY_CLI
 
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
+
 REPO = Path(__file__).resolve().parents[2]
 
 

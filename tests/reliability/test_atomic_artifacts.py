@@ -169,3 +169,41 @@ def test_sigkill_during_a_large_write_leaves_the_old_file(tmp_path):
     assert rows == [{"id": i, "prediction": "old"} for i in range(100)]
     # the killed writer's temp file is hidden and never mistaken for the artifact
     assert all(p.name.startswith(".predictions.jsonl.") for p in tmp_path.iterdir() if p != target)
+
+
+def test_every_file_of_an_exported_folder_gets_the_same_mode_as_metrics_json(tmp_path):
+    # regression: prefix.safetensors came out 0600 (the safetensors writer) beside 0644 artifacts
+    from safetensors.torch import save_file
+
+    atomic_write(tmp_path / "metrics.json", lambda tmp: tmp.write_text("{}"))
+    os.umask(0o077)  # a private umask at write time must not leak into one file only
+    try:
+        atomic_replace_dir(tmp_path / "prefix", lambda work: save_file({"w": torch.ones(2)}, str(work / "prefix.safetensors")))
+    finally:
+        os.umask(artifacts._UMASK)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "prefix" / "prefix.safetensors") == mode(tmp_path / "metrics.json") == 0o666 & ~artifacts._UMASK
+
+
+def test_temporaries_of_a_killed_save_are_removed_at_the_next_start_and_nothing_else(tmp_path):
+    from prefixlab.run.artifacts import remove_stale_temporaries
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("a: 1")
+    keep = [run / "metrics.json", run / "checkpoints" / "last.ckpt", run / "prefix" / "prefix_config.json"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    stale = [run / "checkpoints" / ".last.ckpt.k2j_9xq1.tmp", run / ".metrics.json.a1b2c3d4.tmp"]
+    for path in stale:
+        path.write_text("half")
+    (run / ".prefix.zz91ab_c").mkdir()  # a folder being filled when the process died
+    (run / ".prefix.old").mkdir()  # the previous export; prefix/ exists, so it is a leftover too
+    removed = remove_stale_temporaries(run)
+    assert sorted(removed) == sorted([*stale, run / ".prefix.zz91ab_c", run / ".prefix.old"])
+    assert all(p.exists() for p in keep) and (run / ".hydra" / "config.yaml").exists()
+    # a crash between the two renames of a folder swap leaves only .trained.old: that copy is kept
+    (run / ".trained.old").mkdir()
+    assert remove_stale_temporaries(run) == [] and (run / ".trained.old").exists()

@@ -25,6 +25,7 @@ def read(path, hp):
     return read_checkpoint(path, hp["model"], hp["method"], hp["task_name"])
 
 
+@pytest.mark.cli  # reference_run: the real CLI in a subprocess
 def test_the_reference_checkpoint_passes(good):
     path, checkpoint = good
     info = read(path, checkpoint["hyper_parameters"])
@@ -59,6 +60,7 @@ def _flip(raw: bytes, at: int) -> bytes:
     return raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :]
 
 
+@pytest.mark.cli  # reference_run: the real CLI in a subprocess
 @pytest.mark.parametrize("kind", sorted(UNREADABLE))
 def test_unreadable_checkpoints_are_one_clear_error(tmp_path, good, kind):
     path, checkpoint = good
@@ -127,6 +129,7 @@ FOREIGN = {  # what the file holds -> what the message says
 }
 
 
+@pytest.mark.cli  # reference_run: the real CLI in a subprocess
 @pytest.mark.parametrize("kind", sorted(FOREIGN))
 def test_checkpoints_of_another_kind_method_model_or_task_are_refused(tmp_path, good, kind):
     path, checkpoint = good
@@ -139,6 +142,7 @@ def test_checkpoints_of_another_kind_method_model_or_task_are_refused(tmp_path, 
     assert str(foreign) in message and expected in message, message
 
 
+@pytest.mark.cli  # reference_run: the real CLI in a subprocess
 def test_tensors_of_the_wrong_shape_or_missing_ones_are_named(tmp_path, good):
     from prefixlab.training.lm_module import PrefixTuningModule
 

@@ -11,6 +11,8 @@ import torch
 
 from .conftest import RUN_CLI, one_error_line, prefix_tensors, run_cli, start_paused, wait_for
 
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
+
 
 def assert_same_prefix(run_dir, reference_dir):
     resumed, reference = prefix_tensors(run_dir), prefix_tensors(reference_dir)

@@ -65,6 +65,7 @@ except model_loading.RemoteCodeError as error:
 """
 
 
+@pytest.mark.cli  # a fresh interpreter in a subprocess
 @pytest.mark.parametrize("loader", ["load_config", "load_lm"])
 def test_custom_code_does_not_run_even_when_stdin_says_yes(tmp_path, custom_code_model, loader):
     folder, marker = custom_code_model
@@ -76,6 +77,7 @@ def test_custom_code_does_not_run_even_when_stdin_says_yes(tmp_path, custom_code
     assert str(folder) in lines[0] and OPT_IN in lines[0]
 
 
+@pytest.mark.cli  # a fresh interpreter in a subprocess
 def test_the_opt_in_key_is_what_lets_it_run(tmp_path, custom_code_model):
     folder, marker = custom_code_model
     assert ModelConfig().trust_remote_code is False  # the default
@@ -85,6 +87,7 @@ def test_the_opt_in_key_is_what_lets_it_run(tmp_path, custom_code_model):
     assert marker.exists()
 
 
+@pytest.mark.cli
 def test_training_names_the_folder_and_the_key_in_one_line(tmp_path, custom_code_model):
     from pipeline.helpers import TINY_CLI
 
@@ -102,11 +105,10 @@ def test_training_names_the_folder_and_the_key_in_one_line(tmp_path, custom_code
 
 def _prefix_folder(tmp_path, base_model: str):
     """A real exported prefix (tiny Llama geometry) whose config and metadata ask for remote code."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import build_lm
 
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    geometry = PrefixedCausalLM(lm.eval()).geometry
+    lm = build_lm("llama", seed=None, run_to_max_new_tokens=False, max_position_embeddings=64, pad_token_id=None)
+    geometry = PrefixedCausalLM(lm).geometry
     activations = FlatPrefix(geometry, 3, init_std=0.1)().detached()
     path = save_prefix(tmp_path / "prefix", ExportedPrefix(activations, geometry, base_model, 3, "prefix",
                                                             {"task": "t", "trust_remote_code": True}))
@@ -117,6 +119,7 @@ def _prefix_folder(tmp_path, base_model: str):
     return path
 
 
+@pytest.mark.cli
 def test_a_prefix_folder_cannot_opt_in(tmp_path, custom_code_model, capsys):
     folder, marker = custom_code_model
     path = _prefix_folder(tmp_path, str(folder))
@@ -135,6 +138,7 @@ def test_a_prefix_folder_cannot_opt_in(tmp_path, custom_code_model, capsys):
     assert len(errors) == 1 and str(folder) in errors[0] and OPT_IN in errors[0], result.stderr[-3000:]
 
 
+@pytest.mark.cli
 def test_prefixlab_convert_never_runs_the_model_code(tmp_path, custom_code_model):
     folder, marker = custom_code_model
     peft = tmp_path / "peft"

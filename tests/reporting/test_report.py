@@ -5,8 +5,10 @@ import math
 
 import pytest
 
-from prefixlab.sweeps import report
-from prefixlab.sweeps.report import NO_METRICS, find_jobs, main, series_by
+from prefixlab.cli.report import main
+from prefixlab.sweeps import table
+from prefixlab.sweeps.jobs import NO_METRICS, find_jobs
+from prefixlab.sweeps.plots import series_by
 
 from .conftest import completed, job_config, make_job
 
@@ -64,13 +66,13 @@ def test_table_has_a_row_per_job_with_only_the_overrides_that_differ(sweep):
 
 def test_best_job_per_metric_uses_the_metric_direction_and_completed_jobs_only(sweep):
     jobs = find_jobs([sweep])
-    best = report.best_jobs(jobs, report.metric_names(jobs))
+    best = table.best_jobs(jobs, table.metric_names(jobs))
     assert best["test/rougeL"][0].label == "1"  # 0.30; the failed job's 0.99 does not count
     assert best["val/rougeL"][0].label == "1"
     assert best["val/loss"][0].label == "2" and best["test/loss"][0].label == "2"  # lower is better
     assert "test/zero_shot_rougeL" not in best  # the frozen LM's score says nothing about a job
-    assert report.lower_is_better("val/loss") and report.lower_is_better("test/wer")
-    assert not report.lower_is_better("test/rougeL") and not report.lower_is_better("test/exact_match")
+    assert table.lower_is_better("val/loss") and table.lower_is_better("test/wer")
+    assert not table.lower_is_better("test/rougeL") and not table.lower_is_better("test/exact_match")
 
     main([str(sweep)])
     md = (sweep / "report.md").read_text()
@@ -165,14 +167,14 @@ def test_a_corrupt_metrics_json_is_named_and_the_job_listed_as_unreadable(sweep,
     assert f"prefixlab-report: warning: {corrupt}: not valid JSON" in err and len(err.strip().splitlines()) == 1
     rows = read_csv(sweep / "report.csv")
     assert rows[1]["status"] == "unreadable" and str(corrupt) in rows[1]["error"]
-    assert report.best_jobs(find_jobs([sweep]), ["test/rougeL"])["test/rougeL"][0].label == "2"  # next best
+    assert table.best_jobs(find_jobs([sweep]), ["test/rougeL"])["test/rougeL"][0].label == "2"  # next best
 
 
 def test_nan_metrics_are_never_best(tmp_path):
     root = tmp_path / "sweep"
     make_job(root, 0, ["seed=0"], PREFIX, job_config("prefix", 5), completed(math.nan, 1.0, 10))
     make_job(root, 1, ["seed=1"], PREFIX, job_config("prefix", 5), completed(0.1, 1.0, 10))
-    assert report.best_jobs(find_jobs([root]), ["test/rougeL"])["test/rougeL"][0].label == "1"
+    assert table.best_jobs(find_jobs([root]), ["test/rougeL"])["test/rougeL"][0].label == "1"
 
 
 def test_learning_rate_figure_per_method_and_the_bars_of_every_completed_job(tmp_path):
@@ -216,7 +218,7 @@ def test_mean_and_spread_over_data_subsets_per_setting(tmp_path):
                  job_config("prefix", 10), completed(score, 1.0, 10))
     make_job(root, 5, ["experiment/initialization/arm=elephant", "task.subset_seed=2"], PREFIX,
              job_config("prefix", 10), {"status": "failed", "error": NAN_ERROR, "step": 2})
-    repeat, columns, rows = report.over_repeats(find_jobs([root]), "test/rougeL")
+    repeat, columns, rows = table.over_repeats(find_jobs([root]), "test/rougeL")
     assert repeat == "task.subset_seed"
     assert columns == ["experiment/initialization/arm", "runs", "mean test/rougeL", "sd", "min", "max"]
     assert rows[0][:2] == ["random", 3] and rows[0][2] == pytest.approx(0.3) and rows[0][3] == pytest.approx(0.1)
@@ -225,8 +227,8 @@ def test_mean_and_spread_over_data_subsets_per_setting(tmp_path):
     main([str(root)])
     md = (root / "report.md").read_text()
     assert "## Over `task.subset_seed`" in md and "| random | 3 | 0.3 | 0.1 | 0.2 | 0.4 |" in md
-    assert report.over_repeats(find_jobs([root]), "test/rougeL") is not None
-    assert report.over_repeats([j for j in find_jobs([root]) if j.setting("task.subset_seed") == "0"], "test/rougeL") is None
+    assert table.over_repeats(find_jobs([root]), "test/rougeL") is not None
+    assert table.over_repeats([j for j in find_jobs([root]) if j.setting("task.subset_seed") == "0"], "test/rougeL") is None
 
 
 def test_the_low_data_figure_averages_the_subsets_of_each_size(tmp_path):
@@ -264,7 +266,7 @@ def test_the_best_job_is_chosen_on_validation_and_reported_with_its_test_figures
     for num, (length, val, test) in enumerate([(1, 0.40, 0.30), (5, 0.50, 0.31), (10, 0.45, 0.36)]):
         make_job(root, num, [f"method.prefix_length={length}"], PREFIX, job_config("prefix", length),
                  completed(test, 1.0, 10, **{"val/rougeL": val}))
-    chosen = report.selection(find_jobs([root]))
+    chosen = table.selection(find_jobs([root]))
     assert (chosen.metric, chosen.reported, chosen.fell_back) == ("val/rougeL", "test/rougeL", False)
     main([str(root)])
     md = (root / "report.md").read_text()
@@ -280,7 +282,7 @@ def test_old_runs_with_only_test_metrics_fall_back_to_test_and_say_it_inflates(t
     for num, (length, test) in enumerate([(1, 0.30), (5, 0.35)]):
         metrics = {k: v for k, v in completed(test, 1.0, 10).items() if not k.startswith("val/")}
         make_job(root, num, [f"method.prefix_length={length}"], PREFIX, job_config("prefix", length, stage="test"), metrics)
-    chosen = report.selection(find_jobs([root]))
+    chosen = table.selection(find_jobs([root]))
     assert (chosen.metric, chosen.fell_back, chosen.optimized_on_test) == ("test/rougeL", True, "test/rougeL")
     main([str(root)])
     md = (root / "report.md").read_text()

@@ -3,7 +3,8 @@
 
 import csv
 
-from prefixlab.sweeps.report import _resolved, main
+from prefixlab.cli.report import main
+from prefixlab.sweeps.jobs import _resolved
 
 from .conftest import completed, job_config, make_job
 

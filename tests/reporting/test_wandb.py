@@ -8,9 +8,11 @@ import json
 
 import pytest
 
-from prefixlab.sweeps.report import read_wandb_run
+from prefixlab.sweeps.jobs import read_wandb_run
 
 from .conftest import TINY_CLI, run_module
+
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
 
 NO_KEY = ("WANDB_MODE", "WANDB_API_KEY")  # offline must be the default, not something the test sets
 
@@ -95,7 +97,7 @@ def test_a_failing_job_finishes_its_run_as_failed_and_a_sweep_is_one_group(wandb
 
 def test_report_cli_on_a_real_sweep_with_a_failed_job(wandb_sweep):
     cwd, sweep = wandb_sweep
-    result = run_module("prefixlab.sweeps.report", [str(sweep.relative_to(cwd))], cwd)
+    result = run_module("prefixlab.cli.report", [str(sweep.relative_to(cwd))], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     with (sweep / "report.csv").open(newline="") as handle:

@@ -9,6 +9,8 @@ from prefixlab.engine.export import load_prefix
 
 from .conftest import run_cli
 
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
+
 HARNESS = __import__("pathlib").Path(__file__).with_name("ddp_harness.py")
 # 8 training examples = one global batch, so every step of both runs sees all 8 (in another order
 # and split). max_target_tokens=1: every example has 2 supervised tokens (1 + EOS), so the mean of

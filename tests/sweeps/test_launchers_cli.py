@@ -1,9 +1,12 @@
 """Real sweeps through each launcher and the Optuna sweeper, on the tiny random model: a job that
 fails (a bad value, a diverged loss) is recorded as failed and the others finish with their results."""
 
+import pytest
 import yaml
 
 from .conftest import SWEEP_CLI, job_metrics, run_cli
+
+pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
 
 
 def assert_completed(job_dir, metrics):

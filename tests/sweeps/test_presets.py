@@ -120,6 +120,7 @@ def test_the_nan_that_the_callback_handles_does_crash_optuna_without_it():
         study.tell(trial=trial, state=optuna.trial.TrialState.FAIL, values=[math.nan])
 
 
+@pytest.mark.cli
 def test_a_direction_that_does_not_fit_the_metric_stops_the_study_before_any_trial(tmp_path):
     result = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.direction=minimize", "model=tiny_random",
                       f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)

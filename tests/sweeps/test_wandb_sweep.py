@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import run_cli
@@ -40,6 +41,7 @@ def test_the_sweep_file_parses_and_drives_prefixlab_train_through_hydra_override
     assert "${args}" not in command  # --key=value would not be a Hydra override
 
 
+@pytest.mark.cli
 def test_the_agents_command_line_composes_a_config_with_the_swept_values(tmp_path):
     sweep = yaml.safe_load(SWEEP_FILE.read_text())
     params = sweep["parameters"]

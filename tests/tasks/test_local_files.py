@@ -66,3 +66,33 @@ def test_unreadable_missing_or_malformed_file(tmp_path):
 def test_local_scores_text_metrics():
     scores = build_task("local").score(["answer 1"], [("answer 1",)])
     assert scores["exact_match"] == 100.0 and scores["rougeL"] == 100.0 and scores["bleu"] == pytest.approx(0.0)
+
+
+# ---- regression tests from the adversarial review (issue: reliability beyond the happy faults) ----
+
+def test_jsonl_values_holding_unicode_line_separators_are_one_row(tmp_path):
+    # JSON allows U+2028 / U+0085 unescaped inside strings; str.splitlines() broke such rows in two
+    rows = [{"source": "line\u2028separator", "target": "next\x85line"}, {"source": "b", "target": "c"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    task = build_task("local", train_file=str(tmp_path / "train.jsonl"))
+    examples = task.load_split("train")
+    assert [(e.source, e.target) for e in examples] == [("line\u2028separator", "next\x85line"), ("b", "c")]
+
+
+def test_csv_with_a_byte_order_mark_finds_its_first_column(tmp_path):
+    (tmp_path / "train.csv").write_text("source,target\nhello,world\n", encoding="utf-8-sig")
+    examples = build_task("local", train_file=str(tmp_path / "train.csv")).load_split("train")
+    assert [(e.source, e.target) for e in examples] == [("hello", "world")]
+
+
+def test_csv_with_a_duplicate_header_is_refused_naming_the_column(tmp_path):
+    (tmp_path / "train.csv").write_text("source,target,target\na,b,c\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.csv \(train split\): the header names column\(s\) \['target'\] more than once"):
+        build_task("local", train_file=str(tmp_path / "train.csv")).load_split("train")
+
+
+def test_csv_field_larger_than_the_csv_modules_default_limit(tmp_path):
+    big = "word " * 1_000_000  # 5 MB in one field; the csv module's default limit is 128 KiB
+    (tmp_path / "train.csv").write_text(f'source,target\n"{big}",short\n', encoding="utf-8")
+    examples = build_task("local", train_file=str(tmp_path / "train.csv")).load_split("train")
+    assert len(examples) == 1 and len(examples[0].source) == len(big.strip())

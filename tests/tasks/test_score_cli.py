@@ -25,6 +25,7 @@ def _official_module():
     return module
 
 
+@pytest.mark.cli  # the official E2E scorer in a subprocess (~35 s)
 def test_prefixlab_score_reproduces_the_official_e2e_figures(tmp_path, capsys):
     """All 20 figures that e2e-metrics' measure_scores.py printed for the 4 cases of official_scores.py
     (547 dev-set MRs: leave-one-out hypotheses, upper-cased, lower-cased without punctuation, truncated)."""
@@ -97,6 +98,7 @@ def test_an_output_holding_a_unicode_line_separator_stays_one_output(tmp_path, c
     assert _scores(capsys, _write(tmp_path / "refs.txt", "a pub by the river\n"), outputs)["BLEU"] == pytest.approx(1.0)
 
 
+@pytest.mark.cli
 def test_console_script_is_installed():
     done = subprocess.run(["prefixlab-score", "--help"], capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})

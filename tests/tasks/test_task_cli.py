@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 # The tiny-model overrides shared with tests/pipeline (loaded by path: test folders are separate packages).
 _spec = importlib.util.spec_from_file_location("pipeline_helpers", Path(__file__).parents[1] / "pipeline" / "helpers.py")
 _helpers = importlib.util.module_from_spec(_spec)
@@ -21,6 +23,7 @@ def run_cli(args, cwd, timeout=300):
     )
 
 
+@pytest.mark.cli
 def test_country_qa_runs_through_the_cli_with_its_metrics(tmp_path):
     # optimized_metric: val/${task.primary_metric}, val/exact_match here: the run returns it from metrics.json
     result = run_cli(["task=country_qa", *TINY_CLI, "trainer.max_steps=2"], tmp_path)
@@ -56,6 +59,7 @@ def test_every_task_config_composes_and_validates():
             assert settings.task.primary_metric in TASKS[name]().metric_names
 
 
+@pytest.mark.cli
 def test_webnlg_seen_categories_run_through_the_cli_with_meteor_and_cider(tmp_path):
     import datasets
 

@@ -103,3 +103,30 @@ def test_corrupt_cache_entry_is_rebuilt_not_a_crash(setting):
     n = calls["n"]
     setup(root)
     assert calls["n"] == n  # the rebuilt entries are good
+
+
+def test_a_flipped_bit_in_a_cached_token_id_is_caught_by_the_checksum_and_rebuilt(setting):
+    # regression: datasets reads an Arrow file with one flipped bit in a token id without any error,
+    # and that changed id silently changed the trained prefix
+    import struct
+
+    import datasets
+
+    root, calls = setting
+    first = as_ids(setup(root))
+    entry = next(e for e in (root / "cache" / "tokenized" / "e2e").iterdir() if e.name.startswith("train-"))
+    arrow = next(entry.glob("*.arrow"))
+    ids = datasets.load_from_disk(str(entry))[0]["prompt_ids"][:4]
+    data = bytearray(arrow.read_bytes())
+    for fmt in ("<4q", "<4i"):  # however the list of ids is laid out, find its first four values
+        at = data.find(struct.pack(fmt, *ids))
+        if at >= 0:
+            break
+    assert at >= 0, "the cached ids were not found in the Arrow file"
+    data[at] ^= 1  # the lowest bit of the first id
+    arrow.write_bytes(bytes(data))
+    assert datasets.load_from_disk(str(entry))[0]["prompt_ids"][0] == ids[0] ^ 1  # read back without any error
+    n = calls["n"]
+    again = setup(root)
+    assert as_ids(again) == first  # the damaged entry was not used
+    assert calls["n"] > n and "train" not in again.token_cache.hits

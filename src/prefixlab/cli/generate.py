@@ -46,9 +46,14 @@ def _named_prefix_dirs(specs: list[str]) -> dict[str, Path]:
 
 
 def _read_prompts(source: str, default_prefix: str | None) -> list[dict]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: cannot read the prompts ({getattr(error, 'strerror', None) or error})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # a prompt ends at \n only (and a \r before it): U+2028, U+0085 and the like are text inside a prompt
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -170,12 +175,20 @@ def run(args: argparse.Namespace):
     from prefixlab.engine.peft_format import is_peft_prefix
 
     prefix_dirs = _named_prefix_dirs(args.prefix)
+    for name, directory in prefix_dirs.items():  # before any model loads: a run folder given for its prefix/
+        if not directory.is_dir():
+            raise ValueError(f"--prefix {name}={directory}: no such folder")
+        if not is_peft_prefix(directory) and not (directory / "prefix_config.json").is_file() \
+                and (directory / "prefix" / "prefix_config.json").is_file():
+            raise ValueError(f"--prefix {name}={directory} is a run folder; give its export: {directory / 'prefix'}")
     model_name = args.model
     if model_name is None:
         first = next(iter(prefix_dirs.values()), None)
         if first is None or is_peft_prefix(first):
             raise ValueError("give --model (the base model) when no prefixlab prefix names it")
-        model_name = json.loads((first / "prefix_config.json").read_text())["base_model"]
+        from prefixlab.engine.export import load_prefix
+
+        model_name = load_prefix(first).base_model  # the whole folder checked: one line for any bad field
     prompts = _read_prompts(args.input, next(iter(prefix_dirs), None))
     prompt_format = args.task or ("chat" if args.chat else "raw")
     generator = MixedPrefixGenerator(model_name, prefix_dirs, prompt_format)

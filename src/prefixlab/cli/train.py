@@ -42,9 +42,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
 
     check_writable(run_dir)
+    from prefixlab.run.artifacts import remove_stale_temporaries
+
+    from prefixlab.run.folder_lock import check_no_unfinished_run
+
+    check_no_unfinished_run(run_dir, settings.resume, run_dir / LAST_CHECKPOINT)  # never overwrite a run's checkpoint
+    for leftover in remove_stale_temporaries(run_dir):  # a save killed midway left these behind
+        print(f"removed {leftover}, a temporary file of an interrupted save")
     model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)  # a wrong model name fails here, before any weights load
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_method_fits_model(resolved["method"], model_config)
+    from prefixlab.training.limits import check_limits
+
+    check_limits(settings, model_config)  # sizes the model or this machine cannot hold: before any weights load
     task = settings.task
     resume_from = find_checkpoint(settings.resume, run_dir)  # and check it before loading any model
     saved = read_checkpoint(resume_from, resolved["model"], resolved["method"], task.name) if resume_from else None
@@ -143,16 +153,18 @@ def hydra_main(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from prefixlab.errors import USER_ERRORS
+    from prefixlab.run.folder_lock import RunFolderLock, RunFolderTaken
     from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, run_dir)
+        with RunFolderLock(run_dir):  # one run per folder; released however the run ends
+            metrics = train(cfg, run_dir)
     except RunInterrupted as stop:  # exit like a process killed by that signal, after saving
         print(f"prefixlab-train: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
     except (RunFailed, *USER_ERRORS) as error:  # bad config, model, data, output dir, diverged: one line, no traceback
-        if not isinstance(error, RunFailed):
+        if not isinstance(error, (RunFailed, RunFolderTaken)):  # another run's folder: write nothing into it
             record_input_error(error, run_dir)
         line = f"prefixlab-train: error: {error}"
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -179,6 +191,15 @@ def main() -> None:
         run_dir = (given[-1] if given else ("multirun" if multirun else "outputs")).strip("'\"")
         try:
             check_run_dir_creatable(Path(run_dir.split("${", 1)[0] or "."))
+            if given and not multirun and "${" not in run_dir and Path(run_dir).is_dir():
+                # before Hydra writes its .hydra/ config into the folder of another run
+                from prefixlab.run.folder_lock import check_no_unfinished_run, check_not_running
+                from prefixlab.training.resume import LAST_CHECKPOINT
+
+                check_not_running(Path(run_dir))
+                resume = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("resume=")]
+                check_no_unfinished_run(Path(run_dir), None if not resume or resume[-1] in ("null", "None", "") else resume[-1],
+                                        Path(run_dir) / LAST_CHECKPOINT)
         except OutputDirError as error:
             sys.exit(f"prefixlab-train: error: {error}")
     hydra_main()

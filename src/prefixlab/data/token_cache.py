@@ -9,7 +9,9 @@ The key hashes everything the token ids depend on, so a stale entry is never use
   max source and target tokens, encoder-decoder or not, and the formatting code itself;
 * the examples: their ids, sources and targets, in order (changed data, another subset or split
   misses).
-An entry that cannot be read, or whose ids do not match the examples, is deleted and rebuilt.
+An entry that cannot be read, whose ids do not match the examples, or whose content no longer
+matches the checksum stored beside it (``checksum.json``: a flipped bit in an Arrow buffer is read
+back without any error by ``datasets``) is deleted and rebuilt.
 Entries are written to a temporary folder and renamed, so a crash never leaves half an entry
 that looks valid, and parallel jobs writing the same key keep one copy.
 """
@@ -67,6 +69,18 @@ def examples_fingerprint(examples) -> str:
     return digest.hexdigest()
 
 
+CHECKSUM_FILE = "checksum.json"
+
+
+def content_checksum(ids: list[str], encoded) -> str:
+    """sha256 of what an entry holds: the example ids and every prompt and target id."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(ids)).encode("utf-8", errors="surrogatepass"))
+    for prompt_ids, target_ids in encoded:
+        digest.update(json.dumps([list(prompt_ids), list(target_ids)]).encode())
+    return digest.hexdigest()
+
+
 class TokenizedCache:
     """``encoded(task, split, examples, encode)`` -> [(prompt_ids, target_ids)] per example, from the
     cache when the key matches, else computed with ``encode(example)`` and stored."""
@@ -105,7 +119,11 @@ class TokenizedCache:
             table = datasets.load_from_disk(str(path)).to_dict()
             if table["id"] != [e.id for e in examples]:
                 raise ValueError("the cached ids are not these examples")
-            return list(zip(table["prompt_ids"], table["target_ids"]))
+            encoded = list(zip(table["prompt_ids"], table["target_ids"]))
+            stored = json.loads((path / CHECKSUM_FILE).read_text())["sha256"]
+            if content_checksum(table["id"], encoded) != stored:
+                raise ValueError("its content does not match its checksum (a damaged file)")
+            return encoded
         except Exception as error:  # noqa: BLE001 (corrupt, truncated, foreign: whatever it is, rebuild)
             log.warning("tokenized cache entry %s is unusable (%s: %s); rebuilding it", path, type(error).__name__, error)
             return None
@@ -121,6 +139,8 @@ class TokenizedCache:
         try:
             columns = {"id": [e.id for e in examples], "prompt_ids": [p for p, _ in encoded], "target_ids": [t for _, t in encoded]}
             datasets.Dataset.from_dict(columns).save_to_disk(str(work / "data"))
+            checksum = {"sha256": content_checksum(columns["id"], encoded)}
+            (work / "data" / CHECKSUM_FILE).write_text(json.dumps(checksum))  # datasets ignores extra files
             try:
                 (work / "data").rename(path)
             except OSError:  # another job wrote the same key first: theirs is identical

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prefixlab.engine.families import UnsupportedModelError, adapter_for
 from prefixlab.run.artifacts import atomic_replace_dir
 
 CHILD = "bottleneck_adapter"  # the child-module name: parameter names contain it
@@ -70,13 +71,17 @@ def bottleneck_for_percent(percent: float, lm_params: int, dim: int, sites: int)
 
 
 def _layer_stack(lm: nn.Module) -> nn.ModuleList:
+    """The LM's layers, where its family adapter says they are (``engine/families.py``)."""
+    not_decoder_only = f"bottleneck adapters are implemented for decoder-only LMs, not {lm.config.model_type!r}"
     if getattr(lm.config, "is_encoder_decoder", False):
-        raise AdapterError(f"bottleneck adapters are implemented for decoder-only LMs, not {lm.config.model_type!r}")
-    base = lm.base_model
-    for attribute in ("layers", "h"):
-        if isinstance(getattr(base, attribute, None), nn.ModuleList):
-            return getattr(base, attribute)
-    raise AdapterError(f"cannot find the layer stack of a {lm.config.model_type!r} model (looked for .layers, .h)")
+        raise AdapterError(not_decoder_only)
+    try:
+        family = adapter_for(lm)
+    except UnsupportedModelError as error:
+        raise AdapterError(str(error)) from None
+    if family.is_encoder_only:
+        raise AdapterError(not_decoder_only)
+    return family.layers(lm)
 
 
 def adapter_sites(lm: nn.Module, placement: str) -> list[nn.Module]:

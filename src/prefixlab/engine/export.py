@@ -45,6 +45,36 @@ def _drop_remote_code_opt_in(config: dict, config_path: Path) -> None:
               file=sys.stderr)
 
 
+_SITE_FIELDS = ("num_layers", "num_kv_heads", "head_dim")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_config(config: dict, config_path: Path) -> None:
+    """Every field load_prefix reads, with its type, before any of it is used: a downloaded or
+    hand-edited prefix_config.json gets one line naming the field, never a traceback."""
+    def bad(field_name: str, expected: str, value) -> PrefixFormatError:
+        return PrefixFormatError(f"{config_path}: {field_name} is {value!r}; expected {expected}")
+
+    for key in ("base_model", "method"):
+        if not isinstance(config.get(key), str) or not config[key].strip():
+            raise bad(key, "a non-empty string", config.get(key, "missing"))
+    if not _positive_int(config.get("prefix_length")):
+        raise bad("prefix_length", "a positive integer", config.get("prefix_length", "missing"))
+    if not isinstance(config.get("metadata", {}), dict):
+        raise bad("metadata", "a JSON object", config["metadata"])
+    geometry = config.get("geometry")
+    if not isinstance(geometry, dict) or not isinstance(geometry.get("model_type"), str) \
+            or not isinstance(geometry.get("sites"), dict) or not geometry["sites"]:
+        raise bad("geometry", 'an object {"model_type": str, "sites": {site: {...}}}', geometry if geometry is not None else "missing")
+    for site, fields in geometry["sites"].items():
+        if not isinstance(fields, dict) or sorted(fields) != sorted(_SITE_FIELDS) \
+                or not all(_positive_int(fields[f]) for f in _SITE_FIELDS):
+            raise bad(f"geometry.sites.{site}", f"an object of positive integers {', '.join(_SITE_FIELDS)}", fields)
+
+
 @dataclass
 class ExportedPrefix:
     activations: PrefixActivations
@@ -102,6 +132,7 @@ def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None
             f"{config_path}: format {config.get('format')!r} version {config.get('format_version')!r}, "
             f"this prefixlab reads prefixlab-prefix version {FORMAT_VERSION}"
         )
+    _check_config(config, config_path)
     geometry = PrefixGeometry.from_dict(config["geometry"])
     if expected_model is not None and config["base_model"] != expected_model:
         raise PrefixFormatError(
@@ -121,6 +152,13 @@ def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None
         keys, values = tensors.get(f"{site}.keys"), tensors.get(f"{site}.values")
         if keys is None or values is None or tuple(keys.shape) != shape or tuple(values.shape) != shape:
             raise PrefixFormatError(f"{weights_path}: site {site!r} tensors missing or not of shape {shape}")
+        for name, tensor in ((f"{site}.keys", keys), (f"{site}.values", values)):
+            if not tensor.is_floating_point():
+                raise PrefixFormatError(f"{weights_path}: tensor {name} has dtype {tensor.dtype}; a prefix holds "
+                                        f"floating-point activations (the export is not prefixlab's or is damaged)")
+            if not bool(tensor.isfinite().all()):
+                raise PrefixFormatError(f"{weights_path}: tensor {name} holds NaN or infinite values; "
+                                        f"this prefix would generate garbage (retrain or re-export it)")
         sites[site] = SitePrefix(keys=keys.unsqueeze(1), values=values.unsqueeze(1))
     return ExportedPrefix(
         activations=PrefixActivations(sites),

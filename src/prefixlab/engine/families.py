@@ -1,10 +1,14 @@
-"""One small adapter per Hugging Face model family: where its attention modules are.
+"""One small adapter per Hugging Face model family: where its layers, final norm and attention
+modules are.
 
 Everything else in the engine is family-agnostic: the prefix meets the attention in
 ``injection.py`` through transformers' attention interface, which every modern
 model family calls with (query, key, value, mask). An adapter only has to say which
 attention modules belong to which site, in layer order, and how big their key/value
-heads are. Adding a family is adding one entry to ``FAMILY_ADAPTERS``.
+heads are; and, for the methods that train or extend the LM's own layers (FT-top k, bottleneck
+adapters), which stack of layers produces the output (``layers``) and which norm follows its
+last layer (``final_norm``). This file is the only place that knows where a family keeps them.
+Adding a family is adding one entry to ``FAMILY_ADAPTERS``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class FamilyAdapter:
     """How to find the attention modules of one family of architectures.
 
     ``attention_modules(model)`` returns, per site, the attention modules in layer order.
+    ``layers(model)``: the stack of transformer layers whose output the model's head reads, in
+    order (a decoder-only LM's layers, an encoder-decoder's decoder layers, an encoder's layers).
+    ``final_norm(model)``: the norm applied to the last of those layers' output before the head,
+    or None where the family has none (BART's decoder, the post-norm BERT family).
     ``shift_positions``: whether real tokens get positions that start after the prefix,
     as in the original prefix-tuning code and PEFT (GPT-2's absolute positions, RoPE).
     ``kv_shape(module)``: (num_kv_heads, head_dim) read off one attention module; needed where
@@ -50,6 +58,8 @@ class FamilyAdapter:
 
     model_types: tuple[str, ...]
     attention_modules: Callable[[nn.Module], dict[AttentionSite, list[nn.Module]]]
+    layers: Callable[[nn.Module], nn.ModuleList]
+    final_norm: Callable[[nn.Module], nn.Module | None]
     is_encoder_decoder: bool = False
     is_encoder_only: bool = False  # BERT family: classification / extraction heads, no generation
     shift_positions: bool = True
@@ -64,28 +74,58 @@ class FamilyAdapter:
         return PrefixGeometry(model_type=config.model_type, sites=sites)
 
 
-def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """Llama-style stacks: ``model.model.layers[i].self_attn`` (Llama, Mistral, Qwen2, Gemma3)."""
-    base = getattr(model, "model", model)
-    return [layer.self_attn for layer in base.layers]
+def _base_model(model: nn.Module) -> nn.Module:
+    """The backbone under any head (``LlamaForCausalLM.model``, ``GPT2LMHeadModel.transformer``,
+    ``BartForConditionalGeneration.model``, ``BertForQuestionAnswering.bert``); T5 is its own."""
+    return getattr(model, "base_model", model)
 
 
-def _gpt2_layers(model: nn.Module) -> list[nn.Module]:
-    base = getattr(model, "transformer", model)
-    return [block.attn for block in base.h]
+# ---- decoder-only ----------------------------------------------------------------------------
+def _llama_layers(model: nn.Module) -> nn.ModuleList:
+    """Llama-style stacks: ``<base>.layers`` (Llama, Mistral, Qwen2/3, Gemma3 text, OLMo2, Phi-3)."""
+    return _base_model(model).layers
+
+
+def _llama_norm(model: nn.Module) -> nn.Module:
+    return _base_model(model).norm
 
 
 def _llama_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
-    return {AttentionSite.DECODER_SELF: _decoder_layers(model)}
+    """``<base>.layers[i].self_attn``."""
+    return {AttentionSite.DECODER_SELF: [layer.self_attn for layer in _llama_layers(model)]}
+
+
+def _gpt2_layers(model: nn.Module) -> nn.ModuleList:
+    """GPT-2: ``<base>.h``; its final norm is ``<base>.ln_f``."""
+    return _base_model(model).h
+
+
+def _gpt2_norm(model: nn.Module) -> nn.Module:
+    return _base_model(model).ln_f
 
 
 def _gpt2(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
-    return {AttentionSite.DECODER_SELF: _gpt2_layers(model)}
+    """``<base>.h[i].attn``."""
+    return {AttentionSite.DECODER_SELF: [block.attn for block in _gpt2_layers(model)]}
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    """The backbone under any head (``BartForConditionalGeneration.model``, ``BertForQuestionAnswering.bert``)."""
-    return getattr(model, "base_model", model)
+# ---- encoder-decoders ------------------------------------------------------------------------
+def _output_stack(model: nn.Module) -> nn.Module:
+    """The stack whose output the head reads: the decoder (the encoder of an encoder-only
+    ``T5EncoderModel``)."""
+    base = _base_model(model)
+    decoder = getattr(base, "decoder", None)
+    return decoder if decoder is not None else base.encoder
+
+
+def _bart_layers(model: nn.Module) -> nn.ModuleList:
+    return _output_stack(model).layers
+
+
+def _bart_norm(model: nn.Module) -> nn.Module | None:
+    """mBART's decoder ends with ``layer_norm``; BART's has none (``layernorm_embedding``
+    normalizes the embeddings, before the layers)."""
+    return getattr(_output_stack(model), "layer_norm", None)
 
 
 def _bart_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
@@ -103,6 +143,14 @@ def _bart_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
         sites[AttentionSite.DECODER_SELF] = [layer.self_attn for layer in decoder.layers]
         sites[AttentionSite.CROSS] = [layer.encoder_attn for layer in decoder.layers]
     return sites
+
+
+def _t5_layers(model: nn.Module) -> nn.ModuleList:
+    return _output_stack(model).block
+
+
+def _t5_norm(model: nn.Module) -> nn.Module:
+    return _output_stack(model).final_layer_norm
 
 
 def _t5_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
@@ -125,21 +173,37 @@ def _t5_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
     return sites
 
 
+# ---- encoders --------------------------------------------------------------------------------
+def _no_final_norm(model: nn.Module) -> None:
+    """Post-norm encoders (BERT family, DistilBERT): every layer ends with its own LayerNorm."""
+    return None
+
+
+def _bert_layers(model: nn.Module) -> nn.ModuleList:
+    return _base_model(model).encoder.layer
+
+
 def _bert_like(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
     """BERT / RoBERTa / XLM-R / ELECTRA: ``<base>.encoder.layer[i].attention.self``."""
-    return {AttentionSite.ENCODER_SELF: [layer.attention.self for layer in _base_model(model).encoder.layer]}
+    return {AttentionSite.ENCODER_SELF: [layer.attention.self for layer in _bert_layers(model)]}
+
+
+def _distilbert_layers(model: nn.Module) -> nn.ModuleList:
+    return _base_model(model).transformer.layer
 
 
 def _distilbert(model: nn.Module) -> dict[AttentionSite, list[nn.Module]]:
     """DistilBERT: ``model.distilbert.transformer.layer[i].attention``."""
-    return {AttentionSite.ENCODER_SELF: [layer.attention for layer in _base_model(model).transformer.layer]}
+    return {AttentionSite.ENCODER_SELF: [layer.attention for layer in _distilbert_layers(model)]}
 
 
 FAMILY_ADAPTERS: list[FamilyAdapter] = [
-    FamilyAdapter(model_types=("gpt2",), attention_modules=_gpt2),
+    FamilyAdapter(model_types=("gpt2",), attention_modules=_gpt2, layers=_gpt2_layers, final_norm=_gpt2_norm),
     FamilyAdapter(
         model_types=("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "olmo2", "phi3"),
         attention_modules=_llama_like,
+        layers=_llama_layers,
+        final_norm=_llama_norm,
     ),
     # Encoder-decoders (Li & Liang: one prefix per site). Positions stay as the model computes
     # them: the encoder and cross-attention have no offset to follow, and BART's learned /
@@ -147,6 +211,8 @@ FAMILY_ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter(
         model_types=("bart", "mbart"),
         attention_modules=_bart_like,
+        layers=_bart_layers,
+        final_norm=_bart_norm,
         is_encoder_decoder=True,
         shift_positions=False,
         kv_shape=lambda m: (m.num_heads, m.head_dim),
@@ -154,6 +220,8 @@ FAMILY_ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter(
         model_types=("t5", "mt5"),
         attention_modules=_t5_like,
+        layers=_t5_layers,
+        final_norm=_t5_norm,
         is_encoder_decoder=True,
         shift_positions=False,
         kv_shape=lambda m: (m.n_heads, m.key_value_proj_dim),
@@ -162,6 +230,8 @@ FAMILY_ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter(
         model_types=("bert", "roberta", "xlm-roberta", "electra"),
         attention_modules=_bert_like,
+        layers=_bert_layers,
+        final_norm=_no_final_norm,
         is_encoder_only=True,
         shift_positions=False,
         kv_shape=lambda m: (m.num_attention_heads, m.attention_head_size),
@@ -169,6 +239,8 @@ FAMILY_ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter(
         model_types=("distilbert",),
         attention_modules=_distilbert,
+        layers=_distilbert_layers,
+        final_norm=_no_final_norm,
         is_encoder_only=True,
         shift_positions=False,
         kv_shape=lambda m: (m.n_heads, m.attention_head_size),

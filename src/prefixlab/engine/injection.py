@@ -18,6 +18,17 @@ what makes the engine work the same for
 
 Prefix keys are used as they are (not rotated): the same convention as the original
 code and PEFT, where they sit in the cache.
+
+Sliding-window layers (Mistral, Qwen2 with ``use_sliding_window``, Phi-3, Gemma3's local
+layers): the incoming mask is the model's own, built over the real tokens only, window
+included, and the prefix columns prepended here are visible to every query (only
+``SitePrefix.mask`` and ``visible_from`` restrict them). So every token sees the whole prefix
+in every layer, however far it is from the start; the window still applies among the real
+tokens exactly as without a prefix (sdpa and eager, the implementations that take a prefix,
+get the window only through that mask). A cache-based prefix (PEFT) sits at cache positions
+0..P-1, where the window reaches it: token i (0-based, after P prefix slots, window W) sees
+slot j only if j > P + i - W, and no slot from i = W - 1 on. The two agree while the prefix
+and the tokens fit in the window (P + i < W). ``tests/engine/test_sliding_window.py`` pins both.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,6 +59,31 @@ def atomic_write_jsonl(path: Path, rows: list[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+# what atomic_write and atomic_replace_dir leave behind when a process is killed mid-save:
+# mkstemp's ".<name>.<8 random>.tmp" files, mkdtemp's ".<name>.<8 random>" folders, ".<name>.old" folders
+_STALE_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_STALE_FOLDER = re.compile(r"^\.(prefix|trained)\.([a-z0-9_]{8}|old)$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that an interrupted save left in a run folder and its checkpoints/
+    (never anything else: ``.hydra`` and the artifacts themselves stay). Returns what was removed."""
+    removed = []
+    for where in (Path(folder), Path(folder) / "checkpoints"):
+        if not where.is_dir():
+            continue
+        for entry in where.iterdir():
+            if entry.is_file() and _STALE_FILE.match(entry.name):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+            elif entry.is_dir() and not entry.is_symlink() and _STALE_FOLDER.match(entry.name):
+                if entry.name.endswith(".old") and not (where / entry.name[1:-4]).exists():
+                    continue  # the only copy left by a crash between the two renames: keep it for the user
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 def atomic_replace_dir(target: Path, fill: Callable[[Path], None]) -> Path:
     """Build a folder in a temporary sibling, then swap it in place of ``target``.
 
@@ -70,6 +96,8 @@ def atomic_replace_dir(target: Path, fill: Callable[[Path], None]) -> Path:
         fill(work)
         for written in work.rglob("*"):
             if written.is_file():
+                # every artifact gets the same mode (safetensors' writer, for one, makes 0600 files)
+                os.chmod(written, 0o666 & ~_UMASK)
                 _fsync(written)
         os.chmod(work, 0o777 & ~_UMASK)
         _fsync(work)

@@ -21,9 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-# Metric names (the part after "test/" or "val/") and which way is better.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl")
-HIGHER_IS_BETTER = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "nist", "meteor", "cider", "accuracy", "macro_f1", "exact_match", "f1")
+from prefixlab.tasks.scoring import directions
 
 
 class TrialFailed(RuntimeError):
@@ -31,13 +29,9 @@ class TrialFailed(RuntimeError):
 
 
 def metric_direction(metric: str) -> str | None:
-    """``maximize`` or ``minimize`` for a metric name such as ``test/rougeL``; None if unknown."""
-    name = metric.rsplit("/", 1)[-1]
-    if any(word in name.lower() for word in LOWER_IS_BETTER):
-        return "minimize"
-    if name.removeprefix("zero_shot_") in HIGHER_IS_BETTER:
-        return "maximize"
-    return None
+    """``maximize`` or ``minimize`` for a metric name such as ``test/rougeL``; None if unknown. The
+    table is ``prefixlab.tasks.scoring.directions``, the one the sweep report ranks jobs by."""
+    return directions.direction(metric)
 
 
 def check_direction(metric: str, direction: Any) -> None:

@@ -55,8 +55,8 @@ import torch.nn.functional as F
 
 from prefixlab.config import TrainConfig, validate
 from prefixlab.engine.padding import pad_rows
+from prefixlab.methods import get_method, method_names
 
-PACKABLE_METHODS = ("prefix", "prefix_flat", "infix", "embedding")
 PACKABLE_PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
@@ -67,9 +67,10 @@ class PackingError(ValueError):
 def packing_problem(settings: TrainConfig) -> str | None:
     """Why this job cannot be trained in a pack, or None. Only the config is read: nothing loads."""
     method, trainer = settings.method.name, settings.trainer
-    if method not in PACKABLE_METHODS:
+    packable = method_names(packable=True)  # the prefix methods (MethodSpec.packable)
+    if method not in packable:
         return (f"method={method} trains the LM that packed jobs share; launcher=packed takes "
-                f"{', '.join(PACKABLE_METHODS)} (run this sweep without launcher=packed)")
+                f"{', '.join(packable)} (run this sweep without launcher=packed)")
     if settings.resume is not None:
         return "resume is not supported by launcher=packed (packed jobs write no checkpoints)"
     if trainer.val_check_interval is not None:
@@ -171,9 +172,9 @@ def _length_sorted_forwards(batches: list[dict], pad_id: int, rows_per_forward: 
     one forward), each left-padded to its own longest row: [(job of each row, ids, mask, labels)].
 
     A job's batch is padded to its longest row whatever the order; K jobs' rows concatenated
-    and padded to the longest of all would cost more than the K batches alone (E2E, K = 4:
-    27% padding instead of 20%). Sorted, neighbours have nearly equal lengths, so forwards of a
-    job's batch size carry less padding than the jobs' own batches (E2E, K = 4: 7%). Rows are
+    and padded to the longest of all would cost more than the K batches alone. Sorted, neighbours
+    have nearly equal lengths, so forwards of a job's batch size carry less padding than the jobs'
+    own batches (``bench/padding.py`` measures both; README, Benchmarks). Rows are
     independent in a transformer and each job's loss sums over its own rows, so the order and
     grouping change only the float order. The batches are left-padded (real tokens last)."""
     rows = []
@@ -279,7 +280,7 @@ def _forward_backward(running: list, batches: list[dict], shared, pad_id: int, d
     for jobs, _, _, labels in forwards:
         for job, count in zip(jobs.tolist(), (labels[:, 1:] != -100).sum(dim=1).tolist()):
             target_counts[job] += count
-    infix = [r.job.settings.method.name == "infix" for r in running]
+    infix = [get_method(r.job.settings.method.name).target_only for r in running]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
         activations = [r.encoder() for r in running]
     leaves = [_gradient_leaves(a) for a in activations]
@@ -347,8 +348,8 @@ def generate_for_all_jobs(running: list[_Running], shared, device, precision: st
     padding) and generated together, each row with its own job's prefix (``stack_prefixes``;
     an infix job's rows see theirs from the last prompt token on, as in ``generate_text``), in
     batches as large as the jobs' evaluation batches together (one ``generate_mixed`` call per
-    batch). Small decoding batches leave a GPU idle; on 2 CPU cores the 64 rows of 4 BBC jobs
-    took 54 s this way against 64 s as 8 batches of 8 (cProfile, README). Every row
+    batch). Small decoding batches leave a GPU idle, and on a CPU, too, fewer larger batches
+    took less time than the jobs' own batches (``bench/``; README, Benchmarks). Every row
     equals its job generating it alone (tested); the predictions go to each job's module
     (``prepared_predictions``), whose validate/test then score them. Returns how many
     generate() calls were made.
@@ -380,7 +381,7 @@ def generate_for_all_jobs(running: list[_Running], shared, device, precision: st
                 new_tokens = generate_mixed(
                     shared, [list(row[3]) for row in chunk], [prefixes[r.index] for r, *_ in chunk],
                     pad_token_id=tokenizer.pad_token_id,
-                    infix_rows=[r.job.settings.method.name == "infix" for r, *_ in chunk], **generate_kwargs,
+                    infix_rows=[get_method(r.job.settings.method.name).target_only for r, *_ in chunk], **generate_kwargs,
                 )
             calls += 1
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -465,7 +466,7 @@ def choose_rows_per_forward(requested: int | None, device: torch.device, batch_s
     On a CPU the arithmetic per row is the same in any batch size, so the forwards are as small
     as the jobs' own batches (the largest ``task.batch_size``): the rows, sorted by length, carry
     less padding than the jobs' own batches, and the activations stay the size of a single run's
-    (forwards of 8 or 16 rows were cheapest per row here, 32 cost 15% more: README).
+    (``bench/rows_per_forward.py`` measures the cost per row by forward size; README, Benchmarks).
     On a GPU a batch of 8 leaves the device idle, so all rows go in one forward (set
     ``hydra.launcher.rows_per_forward`` to cap it when memory is short)."""
     if requested is not None:

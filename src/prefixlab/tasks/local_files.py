@@ -61,13 +61,19 @@ class LocalFiles:
     def _rows(self, path: Path, split: str) -> list[dict]:
         where = f"{path} ({split} split)"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first column's name
         except (OSError, UnicodeDecodeError) as error:
             raise DataError(f"{where}: cannot read the file: {error}") from error
         if self._format(path) == "csv":
+            # a field may be as long as the file (an article, a document); the csv module's default is 128 KiB
+            csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
             try:
                 reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
                 columns = list(reader.fieldnames or ())
+                repeated = sorted({c for c in columns if columns.count(c) > 1})
+                if repeated:  # DictReader would silently keep the last column of each name
+                    raise DataError(f"{where}: the header names column(s) {repeated} more than once; "
+                                    f"rename them so that each column has its own name")
                 for column in (self.source_column, self.target_column):
                     if column not in columns:
                         raise DataError(f"{where}: no column {column!r}; the header has {columns}")
@@ -75,7 +81,9 @@ class LocalFiles:
             except csv.Error as error:
                 raise DataError(f"{where}: not valid CSV: {error}") from error
         rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
+        # JSON lines end at \n only: str.splitlines() would also break at U+2028, U+0085 and the
+        # like, which JSON allows unescaped inside strings
+        for i, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -4,10 +4,10 @@ Why: glibc's malloc serves a block above its mmap threshold (at most 32 MiB on 6
 with a fresh ``mmap`` and unmaps it on ``free``. A training step that holds activations of that
 size, such as a packed step over 4 jobs' batches on SmolLM2 (its MLP's [32, ~180, 1536] float32
 activations are 35 MB each, 120 of them per step), then maps and unmaps gigabytes per step, and
-the kernel zero-fills every page again on first touch: about 1.15 million page faults per packed
-step here, which made a packed step cost 26% more CPU time than the same rows as 4 single steps
-(measured with ``resource.getrusage``; README, packed sweeps). Single runs at batch 8 stay below
-the threshold, which is why they did not show it.
+the kernel zero-fills every page again on first touch: a packed step then spent much more CPU
+time in page faults than the same rows as single steps (the measurements: ``bench/`` and the
+README's Benchmarks section). Single runs at batch 8 stay below the threshold, which is why they
+did not show it.
 
 ``keep_freed_memory()`` tells glibc to serve every block from its heap (``M_MMAP_MAX = 0``) and
 not to trim the heap's top (``M_TRIM_THRESHOLD``), so the second and later steps reuse the same
@@ -15,16 +15,15 @@ pages. The cost: the process keeps its peak memory until it exits, which a train
 reaches anyway at its first step. It is the glibc analogue of running PyTorch on CPU with
 jemalloc or tcmalloc, which PyTorch's CPU performance guide recommends for the same reason.
 
-Only packed sweeps on a CPU call it (``packed.train_packed``). Single runs do not: measured with
-it, 4 single BBC jobs one after another took 173 s against 153 s without (K = 4 row of
-``bench.py --only packed``, the same idle machine, back to back), while the packed sweep went
-from 162 s to 154 s. Their blocks stay below the threshold, so they have nothing to gain, and
-serving every block from one heap costs them (not investigated further).
+Only packed sweeps on a CPU call it (``packed.train_packed``). Single runs do not: with it, the
+single jobs of ``bench.py --only packed`` ran slower and the packed sweep faster (figures:
+``bench/``, the README's Benchmarks section). Their blocks stay below the threshold, so they have
+nothing to gain, and serving every block from one heap costs them (not investigated further).
 
 Since packed steps on a CPU run forwards of one job's batch size (``packed.choose_rows_per_forward``),
-their blocks are a single run's size too, and the setting matters less: K = 4, 135.8 s with it
-against 140.6 s without (one run each, 2026-11-29). It stays for packed sweeps because it did
-not hurt them, and it matters again when ``hydra.launcher.rows_per_forward`` is set large.
+their blocks are a single run's size too, and the setting matters less (``bench/``). It stays
+for packed sweeps because it did not hurt them, and it matters again when
+``hydra.launcher.rows_per_forward`` is set large.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ from prefixlab.engine.export import ExportedPrefix, PrefixFormatError, load_pref
 from prefixlab.engine.families import adapter_for_model_type
 from prefixlab.engine.geometry import PrefixGeometry
 from prefixlab.engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
+from prefixlab.training.checkpointing import enable_checkpointing
 from prefixlab.training.lightning_common import TrainEvalHooks
-from prefixlab.methods import PREFIX_METHODS, build_prefix_encoder
+from prefixlab.methods import build_prefix_encoder, get_method
 from prefixlab.training.model_loading import ModelNotFoundError, load_config, resolve
 from prefixlab.tasks.scoring import classification, squad
 from prefixlab.tasks import task_options
@@ -104,11 +105,13 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
         self.strict_loading = False  # checkpoints hold no frozen-encoder weights by design
         encoder = load_encoder(model, kind, labels)
         encoder.eval()  # no dropout: the same function in training and evaluation
+        if model.get("gradient_checkpointing"):
+            enable_checkpointing(encoder)  # in eval mode, as for the LM (training/checkpointing.py)
         encoder.requires_grad_(False)
         for p in trainable_head_parameters(encoder):
             p.requires_grad_(True)
         self.prefixed = PrefixedEncoder(encoder)
-        self.is_prefix_method = method["name"] in PREFIX_METHODS
+        self.is_prefix_method = get_method(method["name"]).is_prefix
         if self.is_prefix_method:
             self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, encoder, None)
         self._rows: dict[str, list[dict]] = {}

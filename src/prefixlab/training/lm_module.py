@@ -1,7 +1,7 @@
 """The LightningModule: a frozen pretrained LM plus a small trainable part.
 
 The trainable part is a prefix (or infix, or input embeddings) for the prefix methods, and
-LM weights or PEFT adapters for the baselines (``methods.py``). Hyperparameters are plain
+LM weights or PEFT adapters for the baselines (``prefixlab.methods``). Hyperparameters are plain
 names and numbers (no modules), so checkpoints stay small and reload cleanly; a
 checkpoint holds the trainable parameters and optimizer state, never frozen LM weights
 (``on_save_checkpoint`` drops them).
@@ -9,22 +9,20 @@ checkpoint holds the trainable parameters and optimizer state, never frozen LM w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from prefixlab.run.artifacts import atomic_replace_dir
-from prefixlab.engine.bottleneck_adapters import CHILD as BOTTLENECK_CHILD
-from prefixlab.engine.export import ExportedPrefix, save_prefix
+from prefixlab.engine.export import ExportedPrefix
 from prefixlab.engine.geometry import PrefixGeometry
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 from prefixlab.engine.mixing import with_visibility
+from prefixlab.training.checkpointing import enable_checkpointing
 from prefixlab.training.lightning_common import TrainEvalHooks
-from prefixlab.methods import PEFT_METHODS, PREFIX_METHODS, build_prefix_encoder, peft_config, unfreeze_for
+from prefixlab.methods import build_prefix_encoder, get_method, is_injected_parameter, unfreeze_for
 from prefixlab.training.model_loading import load_lm, load_tokenizer
 from prefixlab.tasks import build_task
 
@@ -32,7 +30,8 @@ _LM_PREFIX = "prefixed.lm."
 
 
 def _is_adapter(parameter_name: str) -> bool:
-    return "lora_" in parameter_name or "ia3_" in parameter_name or BOTTLENECK_CHILD in parameter_name
+    """A parameter a method injects into the LM (LoRA, (IA)^3, bottleneck adapters): not an LM weight."""
+    return is_injected_parameter(parameter_name)
 
 
 def load_frozen_lm(model: dict):
@@ -47,7 +46,7 @@ def load_frozen_lm(model: dict):
     )
     lm.eval()  # no dropout in the LM: the same function in training and evaluation
     if model.get("gradient_checkpointing"):
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(lm)  # checkpoints in eval mode (training/checkpointing.py): no train mode needed
     return lm
 
 
@@ -71,7 +70,8 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         lm = load_frozen_lm(model) if preloaded is None else preloaded.lm
         self.tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
         self.task = build_task(task_name)
-        self.is_prefix_method = method["name"] in PREFIX_METHODS
+        self.method_spec = get_method(method["name"])  # what the method does: prefixlab.methods
+        self.is_prefix_method = self.method_spec.is_prefix
         unfreeze_for(method, lm)
         self.is_encoder_decoder = bool(lm.config.is_encoder_decoder)
         if preloaded is None:
@@ -105,10 +105,9 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        # Lightning flips everything to train(); the LM stays in eval (no dropout), except that
-        # transformers only checkpoints layers of a module in train mode.
-        if not (mode and self.hparams.model.get("gradient_checkpointing")):
-            self.prefixed.lm.eval()
+        # Lightning flips everything to train(); the LM stays in eval (no dropout), with gradient
+        # checkpointing too: load_frozen_lm makes its layers checkpoint in eval mode.
+        self.prefixed.lm.eval()
         return self
 
     # ---- training --------------------------------------------------------------------------
@@ -118,7 +117,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         if encoder is None:
             return None
         activations = encoder()
-        if self.hparams.method["name"] == "infix":
+        if self.method_spec.target_only:  # an infix
             activations = with_visibility(activations, visible_from)
         return activations
 
@@ -231,46 +230,13 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
             base_model=self.hparams.model["name_or_path"],
             prefix_length=method["prefix_length"],
             method=method["name"],
-            metadata={"task": self.hparams.task_name, "placement": "infix" if method["name"] == "infix" else "prefix"},
+            metadata={"task": self.hparams.task_name, "placement": "infix" if self.method_spec.target_only else "prefix"},
         )
 
     def export(self, directory: Path) -> Path:
         """What a user keeps from the run: the prefix activations for prefix methods, the PEFT
         adapter for lora/ia3, the adapter weights (safetensors + JSON) for adapter, the trained
-        weights (safetensors) for fine-tuning."""
-        name = self.hparams.method["name"]
-        if self.is_prefix_method:
-            return save_prefix(directory, self.exported_prefix())
-        lm = self.prefixed.lm
-        if name == "adapter":
-            from prefixlab.engine.bottleneck_adapters import save_adapters
-
-            info = {"base_model": self.hparams.model["name_or_path"], "task": self.hparams.task_name}
-            return save_adapters(directory, lm, self.hparams.method["adapter_placement"], info)
-        if name in PEFT_METHODS:
-            from peft import get_peft_model_state_dict
-            from safetensors.torch import save_file
-
-            config = peft_config(self.hparams.method, lm)
-            config.base_model_name_or_path = self.hparams.model["name_or_path"]
-            # PeftModel names the LM `base_model.model`: its files carry that prefix.
-            state = {
-                f"base_model.model.{k}": v.detach().cpu().contiguous()
-                for k, v in get_peft_model_state_dict(lm, adapter_name="default").items()
-            }
-
-            def fill(work: Path) -> None:
-                config.save_pretrained(str(work))
-                save_file(state, str(work / "adapter_model.safetensors"))
-
-            return atomic_replace_dir(directory, fill)
-        from safetensors.torch import save_file
-
-        trained = {n: p.detach().cpu().contiguous() for n, p in lm.named_parameters() if p.requires_grad}
-        info = {"base_model": self.hparams.model["name_or_path"], "method": self.hparams.method, "parameters": len(trained)}
-
-        def fill_weights(work: Path) -> None:
-            save_file(trained, str(work / "trained_weights.safetensors"))
-            (work / "trained_config.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-
-        return atomic_replace_dir(directory, fill_weights)
+        weights (safetensors) for fine-tuning: the method's ``export`` (``prefixlab.methods``)."""
+        if self.method_spec.export is None:
+            raise ValueError(f"method={self.method_spec.name} has no export for an LM run ({self.method_spec.summary})")
+        return self.method_spec.export(self, Path(directory))

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from prefixlab.data.datamodule import TaskDataModule
+from prefixlab.methods import checkpoint_keys
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _LM_PREFIX = "prefixed.lm."
@@ -53,10 +54,10 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
 
 
 # ---- is it usable ------------------------------------------------------------------------
-# Keys of the module's hyperparameters that must match for the trainable state to fit.
+# Keys of the module's hyperparameters that must match for the trainable state to fit; the
+# method's are ``name`` and every registered method's ``checkpoint_keys`` (``prefixlab.methods``).
 _MUST_MATCH = {
     "model": ("name_or_path", "random_init", "config_overrides"),
-    "method": ("name", "prefix_length", "prefix_sites", "mid_dim", "mlp_layers", "k", "lora_r", "target_modules"),
 }
 
 
@@ -170,7 +171,7 @@ def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> di
         raise CheckpointError(f"checkpoint {path} is not a prefixlab training checkpoint (it lacks {', '.join(missing)})")
     saved = checkpoint["hyper_parameters"]
     current = {"model": model, "method": method}
-    for group, keys in _MUST_MATCH.items():
+    for group, keys in {**_MUST_MATCH, "method": checkpoint_keys()}.items():
         for key in keys:
             was, now = saved.get(group, {}).get(key), current[group].get(key)
             if was != now:

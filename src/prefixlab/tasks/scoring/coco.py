@@ -75,7 +75,7 @@ _meteor_process = None
 
 
 def _meteor():
-    """One METEOR java process per Python process (starting one loads the paraphrase table: ~10 s)."""
+    """One METEOR java process per Python process (starting one loads the paraphrase table, which takes seconds)."""
     global _meteor_process
     if _meteor_process is None or _meteor_process.meteor_p.poll() is not None:
         check_coco_metrics()

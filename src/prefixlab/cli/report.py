@@ -1,0 +1,50 @@
+"""prefixlab-report: one table, the best jobs and the plots of a sweep.
+
+    prefixlab-report multirun/2026-11-28/18-51-22-334819_p25418        # writes into the sweep folder
+    prefixlab-report 'multirun/2026-11-28/*' --out reports/prefix_len   # several sweeps, one report
+    make report                                                         # the newest sweep under multirun/
+
+Reads every job folder of the sweeps and writes ``report.md``, ``report.csv`` and the plots
+(``prefixlab.sweeps.report.build_report``). Failed and unfinished jobs are rows with their status;
+they never stop the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from prefixlab.sweeps.jobs import ReportError
+from prefixlab.sweeps.report import build_report
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    """Paths and globs, in the order given; a glob that matches nothing is kept (and reported as missing)."""
+    dirs = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        dirs += [Path(m) for m in (matches or [pattern])]
+    return list(dict.fromkeys(dirs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prefixlab-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="multirun folder(s) or a glob of them")
+    parser.add_argument("--out", type=Path, help="where report.md, report.csv and the plots go (default: the sweep folder)")
+    parser.add_argument("--metric", help="the metric of the plots (default: the test figure of the sweep's "
+                        "optimized_metric; the best job is always chosen on validation)")
+    args = parser.parse_args(argv)
+    sweeps = expand(args.sweeps)
+    try:
+        if args.out is None and len(sweeps) > 1:
+            raise ReportError(f"{len(sweeps)} sweep folders given: choose where the report goes with --out")
+        report = build_report(sweeps, args.out or sweeps[0], args.metric)
+    except (ReportError, OSError) as error:
+        sys.exit(f"prefixlab-report: error: {error}")
+    print(f"report: {report} (report.csv and plots beside it)")
+
+
+if __name__ == "__main__":
+    main()

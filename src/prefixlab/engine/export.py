@@ -85,6 +85,17 @@ class ExportedPrefix:
     metadata: dict = field(default_factory=dict)
 
 
+def export_activations(encoder) -> PrefixActivations:
+    """What a prefix encoder exports: its activations computed without dropout, detached; the
+    encoder's train/eval mode is left as it was (the LM and encoder modules both export this way)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return encoder().detached()
+    finally:
+        encoder.train(was_training)
+
+
 def save_prefix(directory: Path, exported: ExportedPrefix) -> Path:
     from safetensors.torch import save_file
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from prefixlab.run.artifacts import atomic_replace_dir
 from prefixlab.data.encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
-from prefixlab.engine.export import ExportedPrefix, PrefixFormatError, load_prefix, save_prefix
+from prefixlab.engine.export import ExportedPrefix, export_activations, PrefixFormatError, load_prefix, save_prefix
 from prefixlab.engine.families import adapter_for_model_type
 from prefixlab.engine.geometry import PrefixGeometry
 from prefixlab.engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
@@ -234,11 +234,7 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
         return atomic_replace_dir(Path(directory), fill)
 
     def _exported_prefix(self) -> ExportedPrefix:
-        encoder = self.prefixed.prefix_encoder
-        was_training = encoder.training
-        encoder.eval()  # no dropout in what is exported
-        activations = encoder().detached()
-        encoder.train(was_training)
+        activations = export_activations(self.prefixed.prefix_encoder)
         geometry = self.prefixed.geometry
         return ExportedPrefix(
             activations=activations,

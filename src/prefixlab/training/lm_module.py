@@ -15,7 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from prefixlab.engine.export import ExportedPrefix
+from prefixlab.engine.export import ExportedPrefix, export_activations
 from prefixlab.engine.geometry import PrefixGeometry
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
@@ -216,11 +216,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
     # ---- export ----------------------------------------------------------------------------
     @torch.no_grad()
     def exported_prefix(self) -> ExportedPrefix:
-        encoder = self.prefixed.prefix_encoder
-        was_training = encoder.training
-        encoder.eval()  # no dropout in what is exported
-        activations = encoder().detached()
-        encoder.train(was_training)
+        activations = export_activations(self.prefixed.prefix_encoder)
         method = self.hparams.method
         return ExportedPrefix(
             activations=activations,

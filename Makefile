@@ -25,21 +25,26 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PY) -c "import torch, transformers, peft, pytorch_lightning, hydra, prefixlab; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 	touch $@
 
+# Tests run in parallel, one pytest-xdist worker per core, a test file per worker at a time (its
+# module fixtures and caches are built once); TEST_WORKERS=0: in this process, one after another.
+TEST_WORKERS ?= auto
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(PYTEST)
 
 # test-fast: everything but the real embedded models (marker embedded) and the subprocess / real-CLI tests (marker cli)
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded and not cli"
+	$(PYTEST) -m "not embedded and not cli"
 
 train: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/prefixlab-train $(ARGS)
 
-# make report DIR=multirun/<date>/<time>: table, best jobs and plots of a sweep (default: the newest one)
+# make report DIR=multirun/<date>/<time>: table, best jobs and plots of a sweep (default: the newest
+# folder under multirun/ that Hydra wrote a multirun.yaml into, i.e. a real sweep, at any depth)
 report: setup
-	@dir="$(DIR)"; test -n "$$dir" || dir=$$(ls -d multirun/*/*/ 2>/dev/null | sort | tail -n 1); \
-	test -n "$$dir" || { echo "make report: no sweep under multirun/; give one: make report DIR=<sweep dir>"; exit 1; }; \
-	$(VENV)/bin/prefixlab-report "$$dir" $(ARGS)
+	@if test -n "$(DIR)"; then $(VENV)/bin/prefixlab-report "$(DIR)" $(ARGS); \
+	else $(VENV)/bin/prefixlab-report --newest multirun $(ARGS); fi
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --out bench

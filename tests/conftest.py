@@ -4,14 +4,74 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # each worker already has a core: the CLIs it starts (cli tests) get one torch thread too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import fcntl
+import subprocess
 
 import pytest
 import torch
+
+# The models under test are tiny: intra-op threads only cost, and on a busy 2-core machine (or
+# two xdist workers) they oversubscribe badly (an engine test: 95 s with 2 threads beside a
+# training run, 2 s with 1). Subprocesses (cli tests) choose their own.
+torch.set_num_threads(1)
+
+
+# Tests that start processes but whose files (owned by others while issue 17 is worked on) do not
+# carry the marker yet: they get it here so that `make test-fast` skips them. Move each marker into
+# its test file, then drop the line.
+_CLI_MARKER_OWED = {
+    "tests/reliability/test_folder_lock.py::test_a_locked_folder_is_refused_naming_the_owner_and_a_dead_owners_lock_is_taken_over",
+    "tests/reliability/test_atomic_artifacts.py::test_sigkill_during_a_large_write_leaves_the_old_file",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in _CLI_MARKER_OWED:
+            item.add_marker(pytest.mark.cli)
+
+
+def pytest_sessionstart(session):
+    """Under pytest-xdist (`make test`, `make test-fast`), each worker makes sure of the converted
+    SmolLM2 here, one at a time: on a fresh machine two workers would otherwise both dequantize it on
+    first use (safe: the folder is renamed into place atomically; but twice the work)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return  # one process: the first test that needs the model converts it
+    from prefixlab.training.model_loading import SMOLLM2, ModelNotFoundError, cache_root, resolve
+
+    lock = cache_root() / "models" / ".convert.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            resolve(SMOLLM2)
+        except ModelNotFoundError:
+            pass  # the package is missing: every test that needs the model says so itself
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_only_in_cli_tests(request, monkeypatch):
+    """`make test-fast` keeps out the `cli` marker: a test that starts a process (an interpreter, a
+    JVM) without that marker is slow in the fast set, so it fails here, naming the marker it needs."""
+    if request.node.get_closest_marker("cli") is not None:
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        # pytest.fail raises a BaseException: no `except Exception` in the code under test swallows it
+        pytest.fail(f"{request.node.nodeid} starts a subprocess ({str(args)[:120]}): "
+                    f"mark the test @pytest.mark.cli (make test-fast skips those)", pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,13 @@ YAML files under ``conf/`` only choose and override: they are merged into these
 dataclasses, so a misspelt key or a wrong type fails at compose time with Hydra's
 message, before anything loads. ``validate`` then checks value ranges and
 cross-field rules, again before any model or data is touched.
+
+``method`` and ``task`` have one schema per option: the keys every method / task has
+(``MethodOptions``, ``TaskOptions``) extended by each method family / task in its own
+module (``PrefixOptions`` in ``methods/prefix.py``, ``WebNLGOptions`` in
+``tasks/table_to_text.py``); ``register_configs`` stores them under their group
+(``method/prefix_schema``) and each ``conf/method|task/<name>.yaml`` lists its schema
+first in its defaults, so another option's key fails at compose time too.
 """
 
 from __future__ import annotations
@@ -11,12 +18,13 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from prefixlab.methods import get_method, method_names
+from prefixlab.methods import MethodOptions, get_method, method_names, option_schemas
+from prefixlab.tasks.base import TaskOptions
 from prefixlab.training.model_loading import SMOLLM2
 
 LOGGERS = ("csv", "wandb")
@@ -35,54 +43,6 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {num_hidden_layers: 2}"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward: less memory, one more forward per layer (slower)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run the model's own Python code (config.json auto_map): only for a model you have inspected and trust; exported prefixes can never turn this on"})
-
-
-@dataclass
-class MethodConfig:
-    name: str = field(default="prefix", metadata={"help": "prefix | prefix_flat | infix | embedding | finetune | finetune_topk | lora | ia3 | adapter | head (encoders)"})
-    prefix_length: int = field(default=10, metadata={"help": "prefix / infix / prompt positions"})
-    prefix_sites: Optional[list[str]] = field(default=None, metadata={"help": "attention sites with a prefix (None: all of the model's)"})
-    mid_dim: Optional[int] = field(default=None, metadata={"help": "hidden width of the reparameterization MLP (prefix, infix)"})
-    mlp_layers: int = field(default=1, metadata={"help": "hidden Linear+Tanh layers of the MLP"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the prefix activations (LoRA: on its input)"})
-    init_std: float = field(default=0.02, metadata={"help": "std of the random init of a flat prefix (adapter: of its down-projection)"})
-    init: str = field(default="random", metadata={"help": "random | text (the LM's activations of init_text)"})
-    init_text: str = field(default="", metadata={"help": "words for init=text, e.g. 'summarize' or 'table-to-text:'"})
-    k: int = field(default=2, metadata={"help": "finetune_topk: number of top layers trained"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
-    target_modules: list[str] = field(default_factory=list, metadata={"help": "lora/ia3 target modules (empty: PEFT's default)"})
-    bottleneck: Optional[int] = field(default=None, metadata={"help": "adapter: width r of each bottleneck adapter (2*d*r + r + d parameters each); null with adapter_params_percent"})
-    adapter_params_percent: Optional[float] = field(default=None, metadata={"help": "adapter: size r so the adapters hold this % of the LM's parameters (the paper's ADAPTER(3%) / (0.1%)); null with bottleneck"})
-    adapter_placement: str = field(default="ffn", metadata={"help": "adapter: ffn (one after each feed-forward block) | houlsby (after attention too)"})
-
-
-@dataclass
-class TaskConfig:
-    name: str = field(default="bbc_headline", metadata={"help": "which task (see conf/task/)"})
-    prompt_style: str = field(default="auto", metadata={"help": "chat | plain | auto (chat if the tokenizer has a template)"})
-    max_source_tokens: int = field(default=128, metadata={"help": "source truncated to this many tokens"})
-    max_target_tokens: int = field(default=32, metadata={"help": "target truncated to this many tokens in training"})
-    train_size: Optional[int] = field(default=None, metadata={"help": "low-data subset of the train split (None: all)"})
-    val_size: Optional[int] = field(default=100, metadata={"help": "validation examples generated (None: all); they choose a sweep's best job"})
-    test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: all)"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets above"})
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    # Task-specific options (null: the task's default); a task rejects one it does not take.
-    data_dir: Optional[str] = field(default=None, metadata={"help": "e2e/dart: folder or file of the released data (null: Hugging Face hub); bbc_topic: corpus folder"})
-    split_seed: Optional[int] = field(default=None, metadata={"help": "seed of a by-input split (e2e/dart with one file, country_qa); null: 0"})
-    train_file: Optional[str] = field(default=None, metadata={"help": "task=local: CSV or JSON-lines file of the train split"})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "task=local: file of the validation split"})
-    test_file: Optional[str] = field(default=None, metadata={"help": "task=local: file of the test split"})
-    source_column: Optional[str] = field(default=None, metadata={"help": "task=local: column of the input text (null: source)"})
-    target_column: Optional[str] = field(default=None, metadata={"help": "task=local: column of the target text (null: target)"})
-    file_format: Optional[str] = field(default=None, metadata={"help": "task=local: csv | jsonl (null: from the extension)"})
-    instruction: Optional[str] = field(default=None, metadata={"help": "task=local: the instruction the prompt starts with"})
-    train_topics: Optional[list[str]] = field(default=None, metadata={"help": "bbc_headline topic extrapolation: train on these topics (null: all but test_topics)"})
-    test_topics: Optional[list[str]] = field(default=None, metadata={"help": "bbc_headline topic extrapolation: test on every article of these topics (null: all but train_topics)"})
-    test_categories: Optional[str] = field(default=None, metadata={"help": "webnlg: all | seen | unseen test categories (seen: in the train split); null: all"})
-    primary_metric: str = field(default="rougeL", metadata={"help": "the task's headline metric (without test/), e.g. bleu, accuracy"})
 
 
 @dataclass
@@ -138,8 +98,9 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    # The base schemas: the chosen conf/method and conf/task file merges its own schema (a subclass) in.
+    method: MethodOptions = field(default_factory=MethodOptions)
+    task: TaskOptions = field(default_factory=TaskOptions)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -147,15 +108,41 @@ class TrainConfig:
     seed: int = 42
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
     optimized_metric: str = field(default="val/${task.primary_metric}", metadata={"help": "the value train() returns: what a sweep selects on (val/...; test/... only typed, with a warning)"})
-    run_name: str = "${task.name}-${method.name}-L${method.prefix_length}"
+    # L0 for a method without a prefix (it has no method.prefix_length)
+    run_name: str = "${task.name}-${method.name}-L${oc.select:method.prefix_length,0}"
     resume: Optional[str] = field(
         default=None,
         metadata={"help": "null: start fresh | auto: continue from <run dir>/checkpoints/last.ckpt if it exists | a .ckpt path"},
     )
+    resume_allow_changes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "result-changing settings a resume may change, e.g. [optim.lr,trainer.max_steps] (others must "
+                          "match the checkpoint's); the new values are applied (training/resume_settings.py)"},
+    )
+
+
+@dataclass
+class EvalOptions:
+    source: Optional[str] = field(default=None, metadata={"help": "a training checkpoint (.ckpt), an exported prefix folder (prefixlab or PEFT), an encoder export, or null: the bare model"})
+    split: str = field(default="test", metadata={"help": "validation | test"})
+
+
+@dataclass
+class EvalConfig(TrainConfig):
+    """``prefixlab-eval``: a training run's config (model, task, generation, trainer, logger) plus what to evaluate."""
+
+    eval: EvalOptions = field(default_factory=EvalOptions)
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    from prefixlab.tasks import task_schemas
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, schemas in (("method", option_schemas()), ("task", task_schemas())):
+        for name, schema in schemas.items():
+            store.store(group=group, name=name, node=schema)
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -185,58 +172,50 @@ def warn_test_selection(metric: str) -> None:
           f"the default val/{metric.removeprefix('test/')} selects on validation", file=sys.stderr)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Range and cross-field checks that the types cannot express. Raises ConfigError."""
+def _schema_matches(group: str, options: Any, schema: type, where: str) -> None:
+    """The option's schema must be the one its name registers: a conf file that skipped its schema
+    (or ``method.name=`` pointing at another family) would leave keys unchecked or missing."""
+    _require(type(options) is schema, f"{group}.name", options.name,
+             f"its options schema is {schema.__name__} ({where}), but the composed {group} is "
+             f"{type(options).__name__}: choose it with {group}={options.name}, and start its conf/{group}/ file "
+             f"with defaults: [{schema.schema_name}, _self_]")
+    # Hydra's "+group.key=value" appends a key the schema lacks (OmegaConf.to_object keeps it as an
+    # attribute); nothing would read it, so the run would silently ignore what the user asked for.
+    extra = sorted(set(vars(options)) - {f.name for f in fields(schema)})
+    if extra:
+        raise ConfigError(f"{group}.{extra[0]}={getattr(options, extra[0])!r} is not a key of {group}={options.name} "
+                          f"(schema {schema.__name__}); its keys: {', '.join(f.name for f in fields(schema))}")
+
+
+def _validate_method(method: MethodOptions) -> None:
+    _require(method.name in method_names(), "method.name", method.name, f"one of {', '.join(method_names())}")
+    spec = get_method(method.name)  # what the method needs: prefixlab.methods (its family's module)
+    _schema_matches("method", method, spec.options, "prefixlab.methods")
+    for holds, key, value, allowed in method.checks(spec):  # its own ranges, declared next to its schema
+        _require(holds, f"method.{key}", value, allowed)
+
+
+def _validate_task(task: TaskOptions) -> None:
     from prefixlab.tasks import TASKS
 
-    _require(cfg.method.name in method_names(), "method.name", cfg.method.name, f"one of {', '.join(method_names())}")
-    spec = get_method(cfg.method.name)  # what the method needs: prefixlab.methods (its family's module)
-    _require(cfg.method.prefix_length > 0, "method.prefix_length", cfg.method.prefix_length, "must be >= 1")
-    if spec.uses_mlp:
-        _require(cfg.method.mid_dim is not None and cfg.method.mid_dim > 0, "method.mid_dim", cfg.method.mid_dim,
-                 f"must be >= 1 for method {cfg.method.name} (its MLP's width)")
-    else:
-        _require(cfg.method.mid_dim is None, "method.mid_dim", cfg.method.mid_dim,
-                 f"must be null: method {cfg.method.name} has no reparameterization MLP (use method=prefix for one)")
-    _require(cfg.method.init != "text" or spec.is_prefix, "method.init", cfg.method.init,
-             f"text init applies to prefix methods ({', '.join(method_names(is_prefix=True))}), not {cfg.method.name}")
-    _require(cfg.method.k >= 1, "method.k", cfg.method.k, "must be >= 1")
-    _require(cfg.method.lora_r >= 1, "method.lora_r", cfg.method.lora_r, "must be >= 1")
-    _require(cfg.method.prefix_sites is None or len(cfg.method.prefix_sites) > 0, "method.prefix_sites",
-             cfg.method.prefix_sites, "null (all sites) or a non-empty list of decoder_self, encoder_self, cross")
-    _require(cfg.method.mlp_layers >= 1, "method.mlp_layers", cfg.method.mlp_layers, "must be >= 1")
-    if spec.uses_bottleneck:
-        _require((cfg.method.bottleneck is None) != (cfg.method.adapter_params_percent is None), "method.bottleneck",
-                 cfg.method.bottleneck, "set exactly one of method.bottleneck and method.adapter_params_percent")
-        _require(cfg.method.bottleneck is None or cfg.method.bottleneck >= 1, "method.bottleneck", cfg.method.bottleneck, "must be >= 1")
-        percent = cfg.method.adapter_params_percent
-        _require(percent is None or (math.isfinite(percent) and 0 < percent <= 100), "method.adapter_params_percent",
-                 percent, "must be in (0, 100]")
-        _require(cfg.method.adapter_placement in ("ffn", "houlsby"), "method.adapter_placement",
-                 cfg.method.adapter_placement, "ffn | houlsby")
-    else:
-        _require(cfg.method.bottleneck is None and cfg.method.adapter_params_percent is None, "method.bottleneck",
-                 cfg.method.bottleneck if cfg.method.bottleneck is not None else cfg.method.adapter_params_percent,
-                 f"must be null with method.adapter_params_percent: method {cfg.method.name} has no adapters (use method=adapter)")
-    _require(0.0 <= cfg.method.dropout < 1.0, "method.dropout", cfg.method.dropout, "must be in [0, 1)")
-    _require(cfg.method.init in ("random", "text"), "method.init", cfg.method.init, "random | text")
-    _require(
-        cfg.method.init != "text" or bool(cfg.method.init_text.strip()),
-        "method.init_text", cfg.method.init_text, "must hold some words when method.init=text",
-    )
-    _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {', '.join(sorted(TASKS))}")
-    _require(cfg.task.prompt_style in ("auto", "chat", "plain"), "task.prompt_style", cfg.task.prompt_style, "auto | chat | plain")
-    _require(cfg.task.batch_size >= 1, "task.batch_size", cfg.task.batch_size, "must be >= 1")
-    _require(cfg.task.eval_batch_size >= 1, "task.eval_batch_size", cfg.task.eval_batch_size, "must be >= 1")
-    _require(cfg.task.max_source_tokens >= 1, "task.max_source_tokens", cfg.task.max_source_tokens, "must be >= 1")
-    _require(cfg.task.max_target_tokens >= 1, "task.max_target_tokens", cfg.task.max_target_tokens, "must be >= 1")
+    _require(task.name in TASKS, "task.name", task.name, f"one of {', '.join(sorted(TASKS))}")
+    _schema_matches("task", task, TASKS[task.name].options, "prefixlab.tasks")
+    _require(task.prompt_style in ("auto", "chat", "plain"), "task.prompt_style", task.prompt_style, "auto | chat | plain")
+    _require(task.batch_size >= 1, "task.batch_size", task.batch_size, "must be >= 1")
+    _require(task.eval_batch_size >= 1, "task.eval_batch_size", task.eval_batch_size, "must be >= 1")
+    _require(task.max_source_tokens >= 1, "task.max_source_tokens", task.max_source_tokens, "must be >= 1")
+    _require(task.max_target_tokens >= 1, "task.max_target_tokens", task.max_target_tokens, "must be >= 1")
     for key in ("train_size", "val_size", "test_size"):
-        value = getattr(cfg.task, key)
+        value = getattr(task, key)
         _require(value is None or value >= 1, f"task.{key}", value, "must be >= 1, or null for the whole split")
-    _require(cfg.task.test_categories in (None, "all", "seen", "unseen"), "task.test_categories", cfg.task.test_categories,
-             "all | seen | unseen (webnlg), or null")
-    overlap = sorted(set(cfg.task.train_topics or ()) & set(cfg.task.test_topics or ()))
-    _require(not overlap, "task.test_topics", cfg.task.test_topics, f"must not share topics with task.train_topics (both have {overlap})")
+    for holds, key, value, allowed in task.checks():
+        _require(holds, f"task.{key}", value, allowed)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and cross-field checks that the types cannot express. Raises ConfigError."""
+    _validate_method(cfg.method)
+    _validate_task(cfg.task)
     _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
     _require(len(cfg.optim.betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.optim.betas), "optim.betas",
              cfg.optim.betas, "two values, each in [0, 1)")
@@ -279,10 +258,13 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.logger.samples_rows >= 0, "logger.samples_rows", cfg.logger.samples_rows, ">= 0")
     _require(cfg.logger.mode in (None, "online", "offline", "disabled"), "logger.mode", cfg.logger.mode,
              "online | offline | disabled | null")
-    _require(cfg.method.init_std > 0 and math.isfinite(cfg.method.init_std), "method.init_std", cfg.method.init_std, "must be > 0")
-    _require(cfg.method.lora_alpha > 0, "method.lora_alpha", cfg.method.lora_alpha, "must be > 0")
     _require(cfg.resume is None or bool(str(cfg.resume).strip()), "resume", cfg.resume,
              "null, auto, or the path of a .ckpt file")
+    from prefixlab.training.resume_settings import allow_list_problem
+
+    problem = allow_list_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype, "float32 | bfloat16 | float16")
     _require(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", cfg.model.attn_implementation, "sdpa | eager")
     # what train() returns: metrics.json holds only val/* and test/* (trainer.validate, then trainer.test)

@@ -7,7 +7,7 @@ from prefixlab.engine.families import UnsupportedModelError
 from prefixlab.methods import MethodNotSupportedError
 from prefixlab.training.model_loading import ModelNotFoundError, RemoteCodeError
 from prefixlab.training.resume import CheckpointError
-from prefixlab.run.runs import OutputDirError
+from prefixlab.run.storage import OutputDirError
 from prefixlab.tasks import DataError
 
 USER_ERRORS = (ConfigError, ModelNotFoundError, DataError, PrefixFormatError, UnsupportedModelError, OutputDirError,

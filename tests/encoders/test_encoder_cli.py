@@ -83,7 +83,8 @@ def test_resume_auto_continues_an_encoder_run(classification_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(classification_run, run_dir)
     args = TINY + ["task=bbc_topic", "task.max_source_tokens=32", "method=prefix", "method.mid_dim=16",
-                   "method.prefix_length=3", "trainer.max_steps=5", f"hydra.run.dir={run_dir}", "resume=auto"]
+                   "method.prefix_length=3", "trainer.max_steps=5", f"hydra.run.dir={run_dir}", "resume=auto",
+                   "resume_allow_changes=[trainer.max_steps]"]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout and "(step 3)" in result.stdout

@@ -18,6 +18,9 @@ from prefixlab.engine.bottleneck_adapters import (
     parameters_per_adapter,
 )
 from prefixlab.methods import MethodNotSupportedError, check_method_fits_model
+from prefixlab.methods.bottleneck import AdapterOptions
+from prefixlab.methods.prefix import PrefixOptions
+from prefixlab.tasks.bbc_news import BBCHeadlineOptions
 from prefixlab.training.lm_module import PrefixTuningModule
 
 from tests.pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_CLI, TINY_MODEL
@@ -171,9 +174,9 @@ def test_lm_bit_identical_after_training_adapters_changed_checkpoint_and_export(
 
 
 def _method_cfg(**method):
-    cfg = TrainConfig()
-    cfg.method.name = "adapter"
-    cfg.method.mid_dim = None
+    cfg = TrainConfig(method=AdapterOptions(name="adapter", bottleneck=64), task=BBCHeadlineOptions(name="bbc_headline"))
+    if method.get("name") == "prefix":  # another family: its own schema (PrefixOptions has no adapter keys)
+        cfg.method = PrefixOptions(name="prefix")
     for key, value in method.items():
         setattr(cfg.method, key, value)
     return cfg
@@ -188,7 +191,7 @@ def _method_cfg(**method):
         ({"bottleneck": None, "adapter_params_percent": 0.0}, "method.adapter_params_percent=0.0"),
         ({"bottleneck": None, "adapter_params_percent": 101.0}, "method.adapter_params_percent=101.0"),
         ({"bottleneck": 8, "adapter_placement": "everywhere"}, "method.adapter_placement='everywhere'"),
-        ({"name": "prefix", "mid_dim": 512, "bottleneck": 8}, "must be null"),
+        ({"name": "prefix", "mid_dim": 512, "bottleneck": 8}, "method.bottleneck=8 is not a key of method=prefix"),
     ],
 )
 def test_bad_adapter_settings_fail_validation(method, key):

@@ -24,7 +24,7 @@ from prefixlab.methods import (
     DECODER, MethodNotSupportedError, MethodSpec, UnknownMethodError, check_method_fits_model, checkpoint_keys,
     get_method, is_injected_parameter, method_names, register_method, unregister_method,
 )
-from prefixlab.methods.prefix import export_prefix, sites_for, text_init_ids
+from prefixlab.methods.prefix import PrefixOptions, export_prefix, sites_for, text_init_ids
 from prefixlab.sweeps.packed import packing_problem
 from prefixlab.training.lm_module import PrefixTuningModule
 
@@ -99,7 +99,7 @@ def build_small_flat_prefix(method, geometry, lm, tokenizer):
 TOY = MethodSpec(
     name="toy_small_prefix", summary="trains a flat prefix started near zero", models=frozenset({DECODER}),
     is_prefix=True, packable=True, checkpoint_keys=("prefix_length",), build_prefix=build_small_flat_prefix,
-    export=export_prefix, export_format="prefix",
+    export=export_prefix, export_format="prefix", options=PrefixOptions,  # the prefix family's keys
 )
 
 
@@ -147,6 +147,7 @@ def test_a_registered_toy_method_validates_fits_packs_and_trains_one_step(tmp_pa
 NOT_METHOD_NAMES = {
     ("cli/convert.py", "exported.metadata.get('placement') == 'infix'"): "an exported prefix's placement (metadata)",
     ("cli/generate.py", "exported.metadata.get('placement') == 'infix'"): "an exported prefix's placement (metadata)",
+    ("training/evaluation.py", "exported.metadata.get('placement') == 'infix'"): "an exported prefix's placement (metadata)",
 }
 
 

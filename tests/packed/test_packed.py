@@ -153,7 +153,7 @@ def test_each_prefix_gets_the_gradient_of_its_own_loss_alone(rows_per_forward):
     from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
     from prefixlab.engine.mixing import with_visibility
-    from prefixlab.sweeps.packed import _forward_backward
+    from prefixlab.sweeps.packed_step import forward_backward
 
     torch.manual_seed(0)
     lm = load_tiny_lm().requires_grad_(False).eval()
@@ -170,7 +170,7 @@ def test_each_prefix_gets_the_gradient_of_its_own_loss_alone(rows_per_forward):
     running = [SimpleNamespace(encoder=e, step=0, error=None,
                                job=SimpleNamespace(settings=SimpleNamespace(method=SimpleNamespace(name=m))))
                for e, m in zip(encoders, methods)]
-    finite = _forward_backward(running, batches, shared, 0, torch.device("cpu"), "32-true", rows_per_forward)
+    finite = forward_backward(running, batches, shared, 0, torch.device("cpu"), rows_per_forward)
     assert [r.encoder for r, _ in finite] == encoders[:3]
     assert isinstance(running[3].error, FloatingPointError) and "loss is nan" in str(running[3].error)
     losses = [loss for _, loss in finite]
@@ -254,14 +254,18 @@ def test_a_failing_job_is_recorded_and_the_others_finish_unaffected(tmp_path):
 
 def test_methods_that_train_the_lm_and_unsupported_settings_are_refused():
     base = [*TINY_CLI]
+    no_prefix_keys = [a for a in TINY_CLI if not a.startswith("method.")]  # lora and finetune have no prefix_length
+    for method in ("lora", "finetune"):
+        problem = packing_problem(OmegaConf.to_object(compose_job([*no_prefix_keys, f"method={method}"])))
+        assert problem and f"method={method} trains the LM" in problem, (method, problem)
     for overrides, expected in (
-        (["method=lora"], "method=lora trains the LM"),
-        (["method=finetune"], "method=finetune trains the LM"),
-        (["resume=auto"], "resume is not supported"),
+        (["resume=outputs/run/checkpoints/last.ckpt"], "launcher=packed resumes each pack from its own checkpoint"),
         (["trainer.val_check_interval=2"], "val_check_interval"),
         (["trainer.accumulate_grad_batches=2"], "accumulate_grad_batches"),
     ):
-        problem = packing_problem(OmegaConf.to_object(compose_job([*base, *overrides])))
+        # the LM-training methods have no prefix settings to override
+        own = [o for o in base if not o.startswith("method.")] if overrides[0].startswith("method=") else base
+        problem = packing_problem(OmegaConf.to_object(compose_job([*own, *overrides])))
         assert problem and expected in problem, (overrides, problem)
     assert packing_problem(OmegaConf.to_object(compose_job(base))) is None
 
@@ -318,7 +322,9 @@ def test_cli_packed_sweep_writes_each_job_as_a_single_run_would(tmp_path):
 ])
 @pytest.mark.cli
 def test_cli_refuses_a_packed_sweep_it_cannot_run_before_anything_loads(tmp_path, overrides, message):
-    result = run_cli(["-m", "launcher=packed", *TINY_CLI, *overrides], tmp_path, timeout=300)
+    # a sweep over methods sets only keys every swept method has (lora has no method.prefix_length)
+    tiny = [a for a in TINY_CLI if not a.startswith("method.")] if overrides[0].startswith("method=") else TINY_CLI
+    result = run_cli(["-m", "launcher=packed", *tiny, *overrides], tmp_path, timeout=300)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -339,6 +345,7 @@ def test_cli_jobs_that_cannot_share_an_lm_run_alone(tmp_path):
         assert (sweep / str(num) / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.cli  # W&B starts processes of its own (git, its service)
 def test_each_packed_job_gets_its_own_finished_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -78,7 +78,7 @@ def test_every_experiment_file_composes():
 
 
 def test_mid_dim_on_a_method_without_mlp_is_rejected():
-    settings = OmegaConf.to_object(compose_train(["method=prefix_flat", "+method.mid_dim=512"]))
+    settings = OmegaConf.to_object(compose_train(["method=prefix_flat", "method.mid_dim=512"]))
     with pytest.raises(ConfigError, match="method.mid_dim=512 .*no reparameterization MLP"):
         validate(settings)
 

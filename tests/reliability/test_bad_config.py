@@ -30,14 +30,14 @@ BAD = [
     ("seed=4294967296", "seed=4294967296"),
     ("logger.mode=sometimes", "logger.mode='sometimes'"),
     ("method.init_std=0", "method.init_std=0.0"),
-    ("method.lora_alpha=0", "method.lora_alpha=0"),
+    ("method=lora;method.lora_alpha=0", "method.lora_alpha=0"),  # LoRA's key (LoRAOptions); ";" separates overrides
     ("resume=' '", "resume=' '"),
 ]
 
 
 @pytest.mark.parametrize("override, named", BAD, ids=[o for o, _ in BAD])
 def test_out_of_range_value_is_rejected_naming_key_value_and_range(override, named):
-    settings = OmegaConf.to_object(compose_train([override]))
+    settings = OmegaConf.to_object(compose_train(override.split(";")))
     with pytest.raises(ConfigError) as info:
         validate(settings)
     message = str(info.value)

@@ -5,6 +5,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from prefixlab.config import ConfigError, TrainConfig
+from prefixlab.methods.finetune import TopLayersOptions
+from prefixlab.methods.prefix import PrefixOptions
+from prefixlab.tasks.bbc_news import BBCHeadlineOptions
 from prefixlab.training.limits import check_limits
 from prefixlab.training.model_loading import load_config
 
@@ -13,8 +16,9 @@ BUDGET = 8 * 2**30
 
 
 def settings(**changes) -> TrainConfig:
-    cfg = OmegaConf.structured(TrainConfig)
-    cfg.method.mid_dim = 512
+    # the default method and task (compose gives these from conf/method/prefix.yaml and conf/task/bbc_headline.yaml)
+    cfg = OmegaConf.structured(TrainConfig(method=PrefixOptions(name="prefix", mid_dim=512),
+                                           task=BBCHeadlineOptions(name="bbc_headline")))
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     return OmegaConf.to_object(cfg)
@@ -37,8 +41,8 @@ def test_the_defaults_pass(smollm2):
     ({"method.mid_dim": 1_000_000_000}, r"method.mid_dim=1000000000 .* is out of range: .* over this machine's budget"),
     ({"trainer.num_nodes": 2}, r"trainer.num_nodes=2 is out of range here: .* wait forever"),
     ({"trainer.strategy": "deepspeed"}, r"trainer.strategy=deepspeed needs the deepspeed package"),
-    ({"method.name": "finetune_topk", "method.mid_dim": None, "method.k": 1000}, r"method.k=1000 is out of range: the model has 30 layers"),
-    ({"method.name": "finetune_topk", "method.mid_dim": None, "method.k": 3, "model.config_overrides": {"num_hidden_layers": 2}},
+    ({"method": TopLayersOptions(name="finetune_topk", k=1000)}, r"method.k=1000 is out of range: the model has 30 layers"),
+    ({"method": TopLayersOptions(name="finetune_topk", k=3), "model.config_overrides": {"num_hidden_layers": 2}},
      r"method.k=3 is out of range: the model has 2 layers"),
 ])
 def test_too_large_values_are_one_line_naming_the_key(smollm2, monkeypatch, changes, message):

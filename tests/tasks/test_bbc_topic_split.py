@@ -5,6 +5,9 @@ and bad topic lists fail with one clear line."""
 import pytest
 
 from prefixlab.config import ConfigError, TrainConfig, validate
+from prefixlab.methods.prefix import PrefixOptions
+from prefixlab.tasks.bbc_news import BBCHeadlineOptions
+from prefixlab.tasks.table_to_text import WebNLGOptions
 from prefixlab.tasks import DataError, build_task
 from prefixlab.tasks.bbc_news import TOPICS, load_articles, split_of
 
@@ -55,13 +58,13 @@ def test_bad_topic_lists_are_one_clear_error(options, message):
 
 
 def test_overlapping_topics_fail_in_config_validation_and_other_tasks_reject_topics():
-    cfg = TrainConfig()
-    cfg.method.mid_dim = 512  # the prefix method's MLP width (the dataclass default is null; conf/method sets it)
+    # the prefix method's MLP width (the dataclass default is null; conf/method sets it)
+    cfg = TrainConfig(method=PrefixOptions(name="prefix", mid_dim=512), task=BBCHeadlineOptions(name="bbc_headline"))
     validate(cfg)
     cfg.task.train_topics, cfg.task.test_topics = ["tech", "sports"], ["sports"]
     with pytest.raises(ConfigError, match=r"task.test_topics=\['sports'\] is out of range: must not share topics"):
         validate(cfg)
-    cfg.task.train_topics, cfg.task.test_categories = None, "unseeen"
+    cfg.task = WebNLGOptions(name="webnlg", test_categories="unseeen")  # webnlg's key (its own schema)
     with pytest.raises(ConfigError, match="task.test_categories='unseeen' is out of range"):
         validate(cfg)
     with pytest.raises(DataError, match="task.test_topics=\\['sports'\\] does not apply to task 'bbc_topic'"):

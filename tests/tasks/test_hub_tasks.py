@@ -129,12 +129,12 @@ def test_unreachable_hub_is_one_line_naming_the_dataset_and_the_fix():
 
 
 def test_hub_error_comes_from_the_datamodule_before_any_tokenizer_or_model(monkeypatch):
-    import prefixlab.data.datamodule as dm
+    import prefixlab.data.split_datamodule as base  # the DataModule base loads the tokenizer
 
     def no_loading(*args, **kwargs):
         raise AssertionError("nothing may load before the data check")
 
-    monkeypatch.setattr(dm, "load_tokenizer", no_loading)
+    monkeypatch.setattr(base, "load_tokenizer", no_loading)
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (OfflineModeIsEnabled)\nmore detail")

@@ -114,6 +114,7 @@ def test_bad_reference_sets_are_refused():
 
 # ---- the five together, in both scales ------------------------------------------------------------
 
+@pytest.mark.cli  # the E2E script's METEOR / ROUGE-L / CIDEr run Java (the PTB tokenizer, METEOR) in subprocesses
 def test_table_to_text_is_the_e2e_script_in_points():
     preds = ["The Eagle is a cheap coffee shop.", "Blue Spice serves French food near the river."]
     refs = [("The Eagle is a cheap coffee shop near the river.", "A cheap coffee shop: The Eagle."),

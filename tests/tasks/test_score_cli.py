@@ -50,6 +50,7 @@ def _scores(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.cli  # every score runs Java (the PTB tokenizer, METEOR) in subprocesses
 def test_reference_formats_of_the_e2e_script_give_the_same_scores(tmp_path, capsys):
     outputs = _write(tmp_path / "sys.txt", "The Eagle is a pub.\nBlue Spice is cheap.\n")
     blank_separated = _write(tmp_path / "refs.txt", "The Eagle is a pub.\nA pub: The Eagle.\n\nBlue Spice is cheap.\n")
@@ -64,6 +65,7 @@ def test_reference_formats_of_the_e2e_script_give_the_same_scores(tmp_path, caps
     assert _scores(capsys, single, outputs)["BLEU"] == pytest.approx(1.0)
 
 
+@pytest.mark.cli  # every score runs Java (the PTB tokenizer, METEOR) in subprocesses
 def test_plain_output_is_the_official_format(tmp_path, capsys):
     outputs = _write(tmp_path / "sys.txt", "a pub\n")
     score.main([str(_write(tmp_path / "refs.txt", "a pub by the river\n")), str(outputs)])
@@ -92,6 +94,7 @@ def test_bad_input_is_one_line_naming_the_file_and_line(tmp_path, capsys, refs, 
     assert capsys.readouterr().out == ""  # nothing scored before the input was checked
 
 
+@pytest.mark.cli  # every score runs Java (the PTB tokenizer, METEOR) in subprocesses
 def test_an_output_holding_a_unicode_line_separator_stays_one_output(tmp_path, capsys):
     # only \n ends a line: U+2028 inside an output is white space to mteval, not a new output
     outputs = _write(tmp_path / "sys.txt", "a pub\u2028by the river\n")
@@ -105,6 +108,7 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "official E2E NLG Challenge metrics" in done.stdout
 
 
+@pytest.mark.cli  # every score runs Java (the PTB tokenizer, METEOR) in subprocesses
 def test_a_runs_predictions_jsonl_is_scored_with_its_references(tmp_path, capsys):
     rows = [{"id": "a", "prediction": "The Eagle is a pub.", "references": ["The Eagle is a pub.", "A pub."]},
             {"id": "b", "prediction": "Blue Spice is cheap.", "references": ["Blue Spice is cheap."]}]

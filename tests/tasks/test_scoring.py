@@ -19,6 +19,10 @@ from prefixlab.tasks.scoring import (
 
 def test_perfect_prediction_scores_100_bleu():
     assert corpus_bleu(["the cat sat on the mat"], [("the cat sat on the mat",)]) == pytest.approx(100.0)
+
+
+@pytest.mark.cli  # table_to_text runs Java (the PTB tokenizer, METEOR) in subprocesses
+def test_perfect_table_to_text_prediction_scores_100_bleu_and_rouge_l():
     scores = table_to_text(["There is a pub.", "It is cheap."], [("There is a pub.",), ("It is cheap.", "Cheap.")])
     assert scores["bleu"] == pytest.approx(100.0) and scores["rougeL"] == pytest.approx(100.0)
 
@@ -88,6 +92,7 @@ def test_nist_when_every_prediction_is_shorter_than_five_tokens():
 
 # ---- METEOR and CIDEr (pycocoevalcap, the E2E script's definitions; METEOR starts a JVM once: ~10 s) ----
 
+@pytest.mark.cli  # Java (the PTB tokenizer, METEOR) in subprocesses
 def test_table_to_text_reports_meteor_and_cider_at_their_maximum_for_perfect_predictions():
     preds = ["The Eagle is a cheap coffee shop.", "Blue Spice serves French food near the river."]
     scores = table_to_text(preds, [(p,) for p in preds])
@@ -100,6 +105,15 @@ def test_table_to_text_reports_meteor_and_cider_at_their_maximum_for_perfect_pre
     assert 0.0 < partial < 100.0
 
 
+def test_cider_hand_computed_two_example_corpus_on_tokens():
+    # The CIDEr-D arithmetic alone, on already tokenized text (no Java: stays in `make test-fast`);
+    # the case and its hand computation are those of the test below.
+    a = 10 * (1 / math.sqrt(2) + 1 / math.sqrt(3)) / 4 * math.exp(-4 / 72)
+    assert cider(["a b", "e f g h"], [("a b c d",), ("e f g h",)], tokenized=True) == pytest.approx((a + 10) / 2, abs=1e-9)
+    assert cider(["e f g h"], [("e f g h",)], tokenized=True) == 0.0
+
+
+@pytest.mark.cli  # the PTB tokenizer runs on Java in a subprocess
 def test_cider_hand_computed_two_example_corpus():
     # Two examples, one reference each. idf = log(2) - log(df): every n-gram here occurs in one
     # reference set only, so every weight is log 2 and cancels in the cosines.

@@ -9,7 +9,10 @@ Selected with ``launcher=packed`` (conf/launcher/packed.yaml). Per batch of jobs
 3. a group of one job runs as an ordinary job (``run_job`` with the task function: the
    single-run path, checkpoints included); a larger group gets each job's run directory and
    ``.hydra/`` files from ``run_job`` (a task function that only records them), then trains
-   in one ``prefixlab.sweeps.packed.train_packed`` call;
+   in one ``prefixlab.sweeps.packed.train_packed`` call, with its checkpoints in
+   ``<sweep dir>/pack-<first job number>/checkpoints/last.ckpt`` (``resume=auto`` and the same
+   ``hydra.sweep.dir`` continue it); the pack's folder and every job's folder are held with
+   ``RunFolderLock`` while it runs, and a signal stops the sweep with exit code 128 + signum;
 4. each job's JobReturn holds its optimized metric, or NaN for a job that failed (recorded in
    its metrics.json), so the sweep goes on, as the single-run path does in a multirun.
 
@@ -21,7 +24,9 @@ it trains. This file is the only place where the packed path touches Hydra.
 # registering it in sys.modules, where dataclasses look string annotations up.
 import logging
 import math
+import signal
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -120,28 +125,51 @@ class PackedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _launch_pack(self, configs: List[DictConfig]) -> List[JobReturn]:
-        from prefixlab.sweeps.packed import PackedJob, optimized_value, train_packed
+        from prefixlab.errors import USER_ERRORS
+        from prefixlab.run.folder_lock import RunFolderLock
+        from prefixlab.sweeps.packed import PackedJob, PackingError, optimized_value, train_packed
+        from prefixlab.sweeps.packed_module import CHECKPOINT
         from prefixlab.training.reliability import RunInterrupted
         from prefixlab.cli.train import wandb_identity
 
-        def record(task_cfg: DictConfig):
-            # runs inside run_job, which has made the job's folder, written .hydra/ and set
-            # HydraConfig to this job's: resolve here, where ${hydra:...} means this job
-            return PackedJob(settings=OmegaConf.to_object(task_cfg), resolved=OmegaConf.to_container(task_cfg, resolve=True),
-                             run_dir=Path(HydraConfig.get().runtime.output_dir), logger_identity=wandb_identity())
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        # named after its first job, so that a rerun of the same sweep finds the same pack's checkpoint
+        pack_dir = sweep_dir / f"pack-{configs[0].hydra.job.num}"
+        resume = _settings(_task_config(configs[0])).resume
+        with ExitStack() as held:
+            try:  # one process per pack folder, and per job folder (below), however it ends
+                held.enter_context(RunFolderLock(pack_dir))
+            except USER_ERRORS as error:
+                sys.exit(f"prefixlab-train: error: {error}")
+            if resume is None and (pack_dir / CHECKPOINT).is_file():  # never overwrite a pack's checkpoint
+                sys.exit(f"prefixlab-train: error: {pack_dir} already holds a pack's checkpoint ({pack_dir / CHECKPOINT}); "
+                         f"resume it with resume=auto hydra.sweep.dir={sweep_dir}, or write elsewhere (another hydra.sweep.dir)")
 
-        prepared = []
-        for config in configs:
-            overrides = " ".join(filter_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
-            log.info(f"\t#{config.hydra.job.num} : {overrides} (packed)")
-            prepared.append(self._run(config, record))
-        packable = [r for r in prepared if r.status == JobStatus.COMPLETED]
-        try:
-            results = (train_packed([r.return_value for r in packable], rows_per_forward=self.rows_per_forward)
-                       if packable else [])
-        except RunInterrupted as stop:  # as the single-run path: exit like a process killed by that signal
-            print(f"prefixlab-train: {stop}", file=sys.stderr)
-            sys.exit(128 + stop.signum)
+            def record(task_cfg: DictConfig):
+                # runs inside run_job, which has made the job's folder, written .hydra/ and set
+                # HydraConfig to this job's: resolve here, where ${hydra:...} means this job
+                run_dir = Path(HydraConfig.get().runtime.output_dir)
+                held.enter_context(RunFolderLock(run_dir))
+                return PackedJob(settings=OmegaConf.to_object(task_cfg), resolved=OmegaConf.to_container(task_cfg, resolve=True),
+                                 run_dir=run_dir, logger_identity=wandb_identity())
+
+            prepared = []
+            for config in configs:
+                overrides = " ".join(filter_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
+                log.info(f"\t#{config.hydra.job.num} : {overrides} (packed)")
+                prepared.append(self._run(config, record))
+            packable = [r for r in prepared if r.status == JobStatus.COMPLETED]
+            try:
+                results = (train_packed([r.return_value for r in packable], rows_per_forward=self.rows_per_forward,
+                                        pack_dir=pack_dir) if packable else [])
+            except RunInterrupted as stop:  # as the single-run path: exit like a process killed by that signal
+                where = f"checkpoint {stop.checkpoint}" if stop.checkpoint and Path(stop.checkpoint).is_file() else "no checkpoint yet"
+                print(f"prefixlab-train: pack {pack_dir.name} interrupted by {signal.Signals(stop.signum).name} after step "
+                      f"{stop.step}; {where} (continue with resume=auto and the same hydra.sweep.dir={sweep_dir})",
+                      file=sys.stderr)
+                sys.exit(128 + stop.signum)
+            except (*USER_ERRORS, PackingError) as error:  # the pack's checkpoint does not fit: before anything loaded
+                sys.exit(f"prefixlab-train: error: {error}")
         for ret, metrics in zip(packable, results):
             optimized_metric = ret.return_value.settings.optimized_metric
             ret.return_value = optimized_value(metrics, optimized_metric)

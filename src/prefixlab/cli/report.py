@@ -2,7 +2,7 @@
 
     prefixlab-report multirun/2026-11-28/18-51-22-334819_p25418        # writes into the sweep folder
     prefixlab-report 'multirun/2026-11-28/*' --out reports/prefix_len   # several sweeps, one report
-    make report                                                         # the newest sweep under multirun/
+    prefixlab-report --newest multirun                                  # the newest sweep under multirun/ (make report)
 
 Reads every job folder of the sweeps and writes ``report.md``, ``report.csv`` and the plots
 (``prefixlab.sweeps.report.build_report``). Failed and unfinished jobs are rows with their status;
@@ -29,15 +29,28 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
+def newest_sweep(root: Path) -> Path:
+    """The sweep under ``root`` (at any depth) whose ``multirun.yaml`` Hydra wrote last: a real
+    sweep, not a folder that only groups sweeps (``multirun/experiments/<name>/``)."""
+    found = [(path.stat().st_mtime, path.parent) for path in Path(root).rglob("multirun.yaml")] if Path(root).is_dir() else []
+    if not found:
+        raise ReportError(f"no sweep under {root}/ (no folder holds a multirun.yaml); give a sweep folder")
+    return max(found)[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prefixlab-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="+", help="multirun folder(s) or a glob of them")
+    parser.add_argument("sweeps", nargs="*", help="multirun folder(s) or a glob of them")
+    parser.add_argument("--newest", type=Path, metavar="ROOT",
+                        help="report the newest sweep under ROOT (a folder with multirun.yaml), e.g. multirun")
     parser.add_argument("--out", type=Path, help="where report.md, report.csv and the plots go (default: the sweep folder)")
     parser.add_argument("--metric", help="the metric of the plots (default: the test figure of the sweep's "
                         "optimized_metric; the best job is always chosen on validation)")
     args = parser.parse_args(argv)
-    sweeps = expand(args.sweeps)
+    if bool(args.sweeps) == bool(args.newest):
+        parser.error("give sweep folders or --newest ROOT (one of the two)")
     try:
+        sweeps = [newest_sweep(args.newest)] if args.newest else expand(args.sweeps)
         if args.out is None and len(sweeps) > 1:
             raise ReportError(f"{len(sweeps)} sweep folders given: choose where the report goes with --out")
         report = build_report(sweeps, args.out or sweeps[0], args.metric)

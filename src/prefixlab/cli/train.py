@@ -38,6 +38,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from prefixlab.training.lm_module import PrefixTuningModule
     from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
     from prefixlab.training.resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
+    from prefixlab.training.resume_settings import ResumeSettings, result_settings
     from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
                        logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
 
@@ -57,13 +58,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_limits(settings, model_config)  # sizes the model or this machine cannot hold: before any weights load
     task = settings.task
     resume_from = find_checkpoint(settings.resume, run_dir)  # and check it before loading any model
-    saved = read_checkpoint(resume_from, resolved["model"], resolved["method"], task.name) if resume_from else None
+    run_settings = result_settings(resolved)  # what must match a checkpoint's; every checkpoint records it
+    saved = read_checkpoint(resume_from, resolved["model"], resolved["method"], task.name, run_settings,
+                            settings.resume_allow_changes) if resume_from else None
+    changes = saved["changes"] if saved else {}
     started = time.time()
     pl.seed_everything(settings.seed, workers=True)
 
     if is_encoder_model(model_config):  # BERT family: a task head (+ P-tuning v2 prefix), no generation
         datamodule, module = build_encoder_run(settings, resolved)  # data first, then the encoder
-        mean_tokens = datamodule.mean_train_tokens()
     else:
         datamodule = ResumableDataModule.for_run(settings, bool(model_config.is_encoder_decoder))
         datamodule.setup("fit")  # data errors (a hub dataset offline) come before the LM loads
@@ -72,19 +75,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             generation=resolved["generation"], task_name=task.name,
             eval_zero_shot=settings.eval_zero_shot, max_steps=settings.trainer.max_steps,
         )
-        train_lengths = [len(e.prompt_ids) + len(e.target_ids) for e in datamodule.splits["train"]]
-        mean_tokens = sum(train_lengths) / len(train_lengths)
+    mean_tokens = datamodule.mean_train_tokens()
     if saved:
         check_trainable_state(resume_from, saved["shapes"], module)
-        print(f"resuming from {resume_from} (step {saved['global_step']})")
+        print(f"resuming from {resume_from} (step {saved['global_step']})"
+              + "".join(f"; {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()))
     counts = module.parameter_counts()
     check_free_space(run_dir, storage_needed(counts))
 
     tags = wandb_tags(task.name, settings.model.name_or_path, settings.model.random_init, settings.method.name, settings.logger.tags)
     logger = build_logger(settings.logger, run_dir, settings.run_name, resolved, **wandb_identity(), tags=tags, parameter_counts=counts)
-    stop, last_good, trainer = StopOnSignal(run_dir / LAST_CHECKPOINT), LastGoodState(), None
+    summary = {"run_name": settings.run_name, **counts}
+    stop = StopOnSignal(run_dir / LAST_CHECKPOINT,  # a second signal exits at once, after writing metrics.json
+                        on_forced_stop=lambda error: record_failure(error, run_dir, module, trainer, None, summary, started))
+    last_good, trainer = LastGoodState(), None
+    stop.listen()  # fit, validate, test and the moments between them
     try:
-        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, *logger_callbacks(settings.logger)])
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, ResumeSettings(run_settings, changes),
+                                                                           *logger_callbacks(settings.logger)])
         check_launchable(trainer, in_sweep=HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN")
         if trainer.is_global_zero:
             print(run_summary(counts, task.batch_size, settings.trainer.accumulate_grad_batches, trainer.world_size, mean_tokens))
@@ -99,6 +107,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "run_name": settings.run_name,
             "steps": trainer.global_step,
             **({"resumed_from": str(resume_from), "resumed_at_step": saved["global_step"]} if saved else {}),
+            **({"resume_changes": changes} if changes else {}),
             **counts,
             **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
             "runtime_s": round(time.time() - started, 1),
@@ -106,8 +115,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if trainer.is_global_zero:
             write_results(run_dir, metrics, module.last_predictions.get("test"))
     except BaseException as error:  # metrics.json says what happened: interrupted or failed, at which step
-        raise record_failure(error, run_dir, module, trainer, last_good, {"run_name": settings.run_name, **counts}, started)
+        raise record_failure(error, run_dir, module, trainer, last_good, summary, started)
     finally:
+        stop.stop_listening()
         finish_logger(logger, run_dir / "metrics.json")
     print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
     return metrics
@@ -155,6 +165,7 @@ def hydra_main(cfg: DictConfig) -> float:
     from prefixlab.errors import USER_ERRORS
     from prefixlab.run.folder_lock import RunFolderLock, RunFolderTaken
     from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
+    from prefixlab.training.resume import ResumeSettingsError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -164,7 +175,8 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"prefixlab-train: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
     except (RunFailed, *USER_ERRORS) as error:  # bad config, model, data, output dir, diverged: one line, no traceback
-        if not isinstance(error, (RunFailed, RunFolderTaken)):  # another run's folder: write nothing into it
+        # another run's folder, or a refused resume of this one (its metrics.json stays): write nothing into it
+        if not isinstance(error, (RunFailed, RunFolderTaken, ResumeSettingsError)):
             record_input_error(error, run_dir)
         line = f"prefixlab-train: error: {error}"
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -1,4 +1,5 @@
-"""The LightningDataModule over any registered task.
+"""The LM DataModules over any registered task (the split skeleton they share with the encoder
+path: ``split_datamodule.SplitDataModule``).
 
 Training batches are left-padded ``prompt + target`` with the loss on target tokens
 only (labels -100 elsewhere). Left padding puts every target in the last columns, so
@@ -11,18 +12,15 @@ the prompt settings and the examples).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
-from prefixlab.engine.padding import pad_rows
 from prefixlab.data.formatting import PromptFormatter
-from prefixlab.training.model_loading import load_tokenizer
-from prefixlab.tasks import DataError, Example, build_task
+from prefixlab.data.split_datamodule import SplitDataModule, take_subset  # noqa: F401 (take_subset: its old home)
 from prefixlab.data.token_cache import TokenizedCache
+from prefixlab.engine.padding import pad_rows
+from prefixlab.tasks import Example
 
 IGNORE_INDEX = -100
 
@@ -72,14 +70,10 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict:
     }
 
 
-def take_subset(examples: list[Example], size: int | None, seed: int) -> list[Example]:
-    """A seeded random subset (the same for every method and run with that seed)."""
-    if size is None or size >= len(examples):
-        return examples
-    return random.Random(seed).sample(examples, size)
+class TaskDataModule(SplitDataModule):
+    """Any registered task's splits as tokenized ``prompt + target`` for an LM (decoder-only, or
+    encoder-decoder with ``is_encoder_decoder``)."""
 
-
-class TaskDataModule(pl.LightningDataModule):
     def __init__(
         self,
         task_name: str,
@@ -101,54 +95,51 @@ class TaskDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.task = build_task(task_name, **(task_options or {}))
-        # Hub download, local files, metric dependencies (Java for METEOR): fail here, before any model loads.
-        check_available = getattr(self.task, "check_available", None)
-        if check_available is not None:
-            check_available()
-        self.splits: dict[str, list[EncodedExample]] = {}
+        self._open_task(task_name, task_options)
         self.formatter: PromptFormatter | None = None
         self.token_cache: TokenizedCache | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+    def _start_encoding(self, tokenizer) -> None:
         hp = self.hparams
-        tokenizer = load_tokenizer(hp.tokenizer_name, trust_remote_code=bool(hp.get("trust_remote_code", False)))
-        self.pad_id = tokenizer.pad_token_id
         self.formatter = PromptFormatter(
             tokenizer, self.task.instruction, self.task.answer_cue, hp.prompt_style, hp.max_source_tokens,
             hp.max_target_tokens, is_encoder_decoder=hp.is_encoder_decoder,
         )
-        sizes = {"train": hp.train_size, "validation": hp.val_size, "test": hp.test_size}
         self.token_cache = TokenizedCache(tokenizer, self.formatter) if hp.get("cache_tokenized", True) else None
-        for split, size in sizes.items():
-            examples = take_subset(self.task.load_split(split), size, hp.subset_seed)
-            if not examples:
-                raise DataError(f"task {hp.task_name!r}: the {split} split is empty")
-            encode = lambda e: (self.formatter.prompt_ids(e.source), self.formatter.target_ids(e.target))
-            if self.token_cache is not None:
-                encoded = self.token_cache.encoded(hp.task_name, split, examples, encode)
-            else:
-                encoded = [encode(e) for e in examples]
-            self.splits[split] = [EncodedExample(e, prompt, target) for e, (prompt, target) in zip(examples, encoded)]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        collate_fn = collate_seq2seq if self.hparams.is_encoder_decoder else collate
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
-            collate_fn=lambda batch: collate_fn(batch, self.pad_id),
+    def _load_split(self, split: str) -> list[Example]:
+        return self.task.load_split(split)
+
+    def _encode_split(self, split: str, examples: list[Example], tokenizer) -> list[EncodedExample]:
+        encode = lambda e: (self.formatter.prompt_ids(e.source), self.formatter.target_ids(e.target))
+        if self.token_cache is not None:
+            encoded = self.token_cache.encoded(self.hparams.task_name, split, examples, encode)
+        else:
+            encoded = [encode(e) for e in examples]
+        return [EncodedExample(e, prompt, target) for e, (prompt, target) in zip(examples, encoded)]
+
+    def _collate(self, batch: list[EncodedExample]) -> dict:
+        return (collate_seq2seq if self.hparams.is_encoder_decoder else collate)(batch, self.pad_id)
+
+    def _example_tokens(self, example: EncodedExample) -> int:
+        return len(example.prompt_ids) + len(example.target_ids)
+
+
+class ResumableDataModule(TaskDataModule):
+    """``TaskDataModule`` with a training order that resumes mid-epoch (same batches, same order)."""
+
+    resumable_train_order = True
+
+    @classmethod
+    def for_run(cls, settings, is_encoder_decoder: bool) -> "ResumableDataModule":
+        """A run's datamodule from its typed config (``TrainConfig``): single runs and packed
+        sweeps build it here, so a job's data is the same whichever way it runs."""
+        from prefixlab.tasks import task_options
+
+        task = settings.task
+        return cls(
+            task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
+            task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
+            seed=settings.seed, is_encoder_decoder=is_encoder_decoder, task_options=task_options(task),
+            trust_remote_code=settings.model.trust_remote_code,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)

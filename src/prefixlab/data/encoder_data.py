@@ -16,14 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
-from prefixlab.data.datamodule import take_subset
+from prefixlab.data.split_datamodule import SplitDataModule
 from prefixlab.engine.padding import pad_rows
-from prefixlab.training.model_loading import load_tokenizer
-from prefixlab.tasks import TASKS, DataError, build_task
+from prefixlab.tasks import TASKS, DataError
 from prefixlab.tasks.spans import SpanExample
 
 CLASSIFICATION, EXTRACTIVE = "classification", "extractive"
@@ -148,8 +145,10 @@ def collate_encoder(batch: list[EncodedInput], pad_id: int) -> dict:
     return out
 
 
-class EncoderDataModule(pl.LightningDataModule):
+class EncoderDataModule(SplitDataModule):
     """The splits of a classification or extractive task, tokenized for an encoder."""
+
+    resumable_train_order = True
 
     def __init__(
         self, task_name: str, tokenizer_name: str, max_source_tokens: int = 256, train_size: int | None = None,
@@ -158,54 +157,30 @@ class EncoderDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.task = build_task(task_name, **(task_options or {}))
+        self._open_task(task_name, task_options)
+
+    def _check_task(self) -> None:
         self.kind = encoder_task_kind(self.task)  # before any data or model loads
         self.labels: tuple[str, ...] | None = tuple(self.task.labels) if self.kind == CLASSIFICATION else None
-        self.splits: dict[str, list[EncodedInput]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+    def _load_split(self, split: str) -> list:
+        return self.task.load_split(split) if self.kind == CLASSIFICATION else self.task.load_spans(split)
+
+    def _encode_split(self, split: str, examples: list, tokenizer) -> list[EncodedInput]:
         hp = self.hparams
-        tokenizer = load_tokenizer(hp.tokenizer_name, trust_remote_code=bool(hp.get("trust_remote_code", False)))
-        self.pad_id = tokenizer.pad_token_id
-        sizes = {"train": hp.train_size, "validation": hp.val_size, "test": hp.test_size}
-        for split, size in sizes.items():
-            where = f"task {hp.task_name!r}, {split}"
-            if self.kind == CLASSIFICATION:
-                examples = take_subset(self.task.load_split(split), size, hp.subset_seed)
-                encoded = [encode_classification(tokenizer, e, self.labels, hp.max_source_tokens, where) for e in examples]
-            else:
-                examples = take_subset(self.task.load_spans(split), size, hp.subset_seed)
-                encoded = [encode_span(tokenizer, e, hp.max_source_tokens, where) for e in examples]
-                outside = sum(e.start is None for e in encoded)
-                if outside:
-                    fate = "dropped from training" if split == "train" else "kept (scored as misses, no loss)"
-                    print(f"{where}: {outside} of {len(encoded)} answers lie beyond task.max_source_tokens="
-                          f"{hp.max_source_tokens}: {fate}")
-                if split == "train":
-                    encoded = [e for e in encoded if e.start is not None]
-            if not encoded:
-                raise DataError(f"task {hp.task_name!r}: the {split} split is empty")
-            self.splits[split] = encoded
+        where = f"task {hp.task_name!r}, {split}"
+        if self.kind == CLASSIFICATION:
+            return [encode_classification(tokenizer, e, self.labels, hp.max_source_tokens, where) for e in examples]
+        encoded = [encode_span(tokenizer, e, hp.max_source_tokens, where) for e in examples]
+        outside = sum(e.start is None for e in encoded)
+        if outside:
+            fate = "dropped from training" if split == "train" else "kept (scored as misses, no loss)"
+            print(f"{where}: {outside} of {len(encoded)} answers lie beyond task.max_source_tokens="
+                  f"{hp.max_source_tokens}: {fate}")
+        return [e for e in encoded if e.start is not None] if split == "train" else encoded
 
-    def mean_train_tokens(self) -> float:
-        return sum(len(e.input_ids) for e in self.splits["train"]) / len(self.splits["train"])
+    def _example_tokens(self, example: EncodedInput) -> int:
+        return len(example.input_ids)
 
     def _collate(self, batch: list[EncodedInput]) -> dict:
         return collate_encoder(batch, self.pad_id)
-
-    def train_dataloader(self) -> DataLoader:
-        from prefixlab.training.resume import ResumableDataLoader
-
-        if self.trainer is not None and self.trainer.world_size > 1:  # Lightning shards it with a DistributedSampler
-            generator = torch.Generator().manual_seed(self.hparams.seed)
-            return DataLoader(self.splits["train"], batch_size=self.hparams.batch_size, shuffle=True,
-                              generator=generator, collate_fn=self._collate)
-        return ResumableDataLoader(self.splits["train"], self.hparams.batch_size, self.hparams.seed, self._collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["validation"], batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)

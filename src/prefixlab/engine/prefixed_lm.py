@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import StoppingCriteriaList
 
 from prefixlab.engine.injection import PrefixActivations
 from prefixlab.engine.prefixed_model import USE_ENCODER, PrefixedModel
@@ -24,6 +25,8 @@ class PrefixedCausalLM(PrefixedModel):
     returning ``PrefixActivations`` (``prefix`` argument: see prefixed_model.py)."""
 
     MODEL_ATTRIBUTE = "lm"
+    # checked by every generate() call besides the caller's own (a training run adds a stop-on-signal one)
+    stopping_criteria: tuple = ()
 
     @staticmethod
     def _unsuitable(adapter, model_type: str) -> str | None:
@@ -91,5 +94,7 @@ class PrefixedCausalLM(PrefixedModel):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=self._position_ids(attention_mask, prefix),
+                stopping_criteria=StoppingCriteriaList([*(generate_kwargs.pop("stopping_criteria", None) or ()),
+                                                        *self.stopping_criteria]),
                 **generate_kwargs,
             )

@@ -19,6 +19,7 @@ only the encoder states and every decoding step sees the prefix again.
 from __future__ import annotations
 
 import torch
+from transformers import StoppingCriteriaList
 
 from prefixlab.engine.prefixed_model import USE_ENCODER, PrefixedModel
 
@@ -33,6 +34,8 @@ class PrefixedSeq2SeqLM(PrefixedModel):
     """
 
     MODEL_ATTRIBUTE = "lm"
+    # checked by every generate() call besides the caller's own (a training run adds a stop-on-signal one)
+    stopping_criteria: tuple = ()
 
     @staticmethod
     def _unsuitable(adapter, model_type: str) -> str | None:
@@ -74,4 +77,6 @@ class PrefixedSeq2SeqLM(PrefixedModel):
         if prefix is not None:
             prefix = prefix.detached()  # computed once per call, not per decoding step
         with self.injector.activated(prefix):
-            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+            stopping = StoppingCriteriaList([*(generate_kwargs.pop("stopping_criteria", None) or ()), *self.stopping_criteria])
+            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, stopping_criteria=stopping,
+                                    **generate_kwargs)

@@ -24,6 +24,10 @@ head (``encoder_module.py``); ``head`` trains the head alone.
 | ``bottleneck.py``    | adapter (every size)                  |
 | ``head.py``          | head                                  |
 
+Each family's module also declares the schema of its ``method.*`` keys (``PrefixOptions``,
+``TopLayersOptions``, ``LoRAOptions``, ``IA3Options``, ``AdapterOptions``; ``MethodOptions`` for
+finetune and head) and names it in ``MethodSpec(options=...)``: a new method is its module and its YAML.
+
 Importing this package registers them all, in this order (``method_names()``). Code outside
 this package asks the spec (``get_method(name).is_prefix``, ``.packable``, ...), never compares
 names. Plain torch and PEFT; the LightningModules call ``unfreeze_for`` / ``build_prefix_encoder``.
@@ -32,9 +36,9 @@ names. Plain torch and PEFT; the LightningModules call ``unfreeze_for`` / ``buil
 from __future__ import annotations
 
 from prefixlab.methods.registry import (
-    DECODER, ENCODER, ENCODER_DECODER, GENERATIVE, MODEL_KINDS, MethodNotSupportedError, MethodSpec, UnknownMethodError,
-    build_prefix_encoder, check_method_fits_model, checkpoint_keys, get_method, is_injected_parameter, method_names,
-    register_method, unfreeze_for, unregister_method,
+    DECODER, ENCODER, ENCODER_DECODER, GENERATIVE, MODEL_KINDS, Check, MethodNotSupportedError, MethodOptions, MethodSpec,
+    UnknownMethodError, build_prefix_encoder, check_method_fits_model, checkpoint_keys, get_method, is_injected_parameter,
+    method_names, option_schemas, register_method, unfreeze_for, unregister_method,
 )
 
 # Registration happens on import, in this order (the order of method_names()).
@@ -43,8 +47,8 @@ from prefixlab.methods.prefix import sites_for  # noqa: E402
 from prefixlab.methods.peft_adapters import inject_peft_adapter, peft_config  # noqa: E402
 
 __all__ = [
-    "DECODER", "ENCODER", "ENCODER_DECODER", "GENERATIVE", "MODEL_KINDS", "MethodNotSupportedError", "MethodSpec",
-    "UnknownMethodError", "build_prefix_encoder", "check_method_fits_model", "checkpoint_keys", "get_method",
-    "inject_peft_adapter", "is_injected_parameter", "method_names", "peft_config", "register_method", "sites_for",
+    "DECODER", "ENCODER", "ENCODER_DECODER", "GENERATIVE", "MODEL_KINDS", "Check", "MethodNotSupportedError",
+    "MethodOptions", "MethodSpec", "UnknownMethodError", "build_prefix_encoder", "check_method_fits_model", "checkpoint_keys", "get_method",
+    "inject_peft_adapter", "is_injected_parameter", "method_names", "option_schemas", "peft_config", "register_method", "sites_for",
     "unfreeze_for", "unregister_method",
 ]

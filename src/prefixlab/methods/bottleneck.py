@@ -5,13 +5,40 @@ exported as the adapter weights (safetensors) + JSON."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from torch import nn
 
 from prefixlab.engine.bottleneck_adapters import CHILD
-from prefixlab.methods.registry import DECODER, MethodSpec, register_method
+from prefixlab.methods.registry import DECODER, Check, MethodOptions, MethodSpec, register_method
+
+PLACEMENTS = ("ffn", "houlsby")
+
+
+@dataclass
+class AdapterOptions(MethodOptions):
+    """``method.*`` of adapter: its size (exactly one of bottleneck and adapter_params_percent) and layout."""
+
+    schema_name = "adapter_schema"
+    bottleneck: Optional[int] = field(default=None, metadata={"help": "width r of each bottleneck adapter (2*d*r + r + d parameters each); null with adapter_params_percent"})
+    adapter_params_percent: Optional[float] = field(default=None, metadata={"help": "size r so the adapters hold this % of the LM's parameters (the paper's ADAPTER(3%) / (0.1%)); null with bottleneck"})
+    adapter_placement: str = field(default="ffn", metadata={"help": "ffn (one after each feed-forward block) | houlsby (after attention too)"})
+    init_std: float = field(default=0.02, metadata={"help": "std of the random init of the down-projection"})
+
+    def checks(self, spec: MethodSpec) -> list[Check]:
+        percent = self.adapter_params_percent
+        return [
+            ((self.bottleneck is None) != (percent is None), "bottleneck", self.bottleneck,
+             "set exactly one of method.bottleneck and method.adapter_params_percent"),
+            (self.bottleneck is None or self.bottleneck >= 1, "bottleneck", self.bottleneck, "must be >= 1"),
+            (percent is None or (math.isfinite(percent) and 0 < percent <= 100), "adapter_params_percent", percent,
+             "must be in (0, 100]"),
+            (self.adapter_placement in PLACEMENTS, "adapter_placement", self.adapter_placement, " | ".join(PLACEMENTS)),
+            (self.init_std > 0 and math.isfinite(self.init_std), "init_std", self.init_std, "must be > 0"),
+        ]
 
 
 def attach(method: Mapping[str, Any], lm: nn.Module) -> None:
@@ -31,5 +58,5 @@ def export_adapters(module, directory: Path) -> Path:
 ADAPTER = register_method(MethodSpec(
     name="adapter", summary="trains bottleneck adapters after each feed-forward block (Houlsby / Lin et al.)",
     models=frozenset({DECODER}), uses_bottleneck=True, parameter_markers=(CHILD,),
-    prepare_lm=attach, export=export_adapters, export_format="bottleneck",
+    prepare_lm=attach, export=export_adapters, export_format="bottleneck", options=AdapterOptions,
 ))

@@ -5,13 +5,25 @@ weights (``trained_weights.safetensors`` + ``trained_config.json``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
 from prefixlab.engine.families import adapter_for
-from prefixlab.methods.registry import GENERATIVE, MethodSpec, register_method
+from prefixlab.methods.registry import GENERATIVE, Check, MethodOptions, MethodSpec, register_method
+
+
+@dataclass
+class TopLayersOptions(MethodOptions):
+    """``method.*`` of finetune_topk (``finetune`` has no options of its own: ``MethodOptions``)."""
+
+    schema_name = "finetune_topk_schema"
+    k: int = field(default=2, metadata={"help": "number of top layers trained (2: the paper's FT-top2)"})
+
+    def checks(self, spec: MethodSpec) -> list[Check]:
+        return [(self.k >= 1, "k", self.k, "must be >= 1")]
 
 
 def unfreeze_all(method: Mapping[str, Any], lm: nn.Module) -> None:
@@ -61,4 +73,5 @@ FINETUNE = register_method(MethodSpec(
 FINETUNE_TOPK = register_method(MethodSpec(
     name="finetune_topk", summary="trains the top k layers and the final norm (FT-top k)", models=GENERATIVE,
     checkpoint_keys=("k",), prepare_lm=unfreeze_top_layers, export=export_trained_weights, export_format="weights",
+    options=TopLayersOptions,
 ))

@@ -5,14 +5,40 @@ PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
-from prefixlab.methods.registry import GENERATIVE, MethodSpec, get_method, register_method
+from prefixlab.methods.registry import GENERATIVE, Check, MethodOptions, MethodSpec, get_method, register_method
 
 LORA_MARKER, IA3_MARKER = "lora_", "ia3_"  # in the names of the parameters PEFT injects
+
+
+@dataclass
+class IA3Options(MethodOptions):
+    """``method.*`` of ia3: which modules get (IA)^3 vectors."""
+
+    schema_name = "ia3_schema"
+    target_modules: list[str] = field(default_factory=list, metadata={"help": "modules to adapt (empty: PEFT's default per model type)"})
+
+
+@dataclass
+class LoRAOptions(IA3Options):
+    """``method.*`` of lora: ia3's target modules plus rank, scaling and dropout."""
+
+    schema_name = "lora_schema"
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+
+    def checks(self, spec: MethodSpec) -> list[Check]:
+        return [
+            (self.lora_r >= 1, "lora_r", self.lora_r, "must be >= 1"),
+            (self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0"),
+            (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)"),
+        ]
 
 
 def _task_type(lm: nn.Module) -> str:
@@ -87,10 +113,10 @@ def _register_peft(spec: MethodSpec, build_config) -> MethodSpec:
 LORA = _register_peft(MethodSpec(
     name="lora", summary="trains LoRA adapters (PEFT), injected into the LM", models=GENERATIVE,
     checkpoint_keys=("lora_r", "target_modules"), parameter_markers=(LORA_MARKER,),
-    prepare_lm=inject_peft_adapter, export=export_peft, export_format="peft",
+    prepare_lm=inject_peft_adapter, export=export_peft, export_format="peft", options=LoRAOptions,
 ), lora_config)
 IA3 = _register_peft(MethodSpec(
     name="ia3", summary="trains (IA)^3 rescaling vectors (PEFT), injected into the LM", models=GENERATIVE,
     checkpoint_keys=("target_modules",), parameter_markers=(IA3_MARKER,),
-    prepare_lm=inject_peft_adapter, export=export_peft, export_format="peft",
+    prepare_lm=inject_peft_adapter, export=export_peft, export_format="peft", options=IA3Options,
 ), ia3_config)

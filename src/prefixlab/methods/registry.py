@@ -13,9 +13,9 @@ Plain Python (and torch for the type hints): no Hydra, no Lightning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import nn
 
@@ -27,6 +27,31 @@ MODEL_KINDS = (DECODER, ENCODER_DECODER, ENCODER)
 GENERATIVE = frozenset({DECODER, ENCODER_DECODER})
 # What a method's ``export`` writes (``MethodSpec.export_format``).
 EXPORT_FORMATS = ("prefix", "weights", "peft", "bottleneck", "head")
+
+
+# One range check of an option: (holds, key under method., value, what is allowed). ``config.validate``
+# raises its one-line error for the first that does not hold.
+Check = tuple[bool, str, Any, str]
+
+MISSING = "???"  # OmegaConf's mark of a required value: each conf/method/<name>.yaml sets method.name
+
+
+@dataclass
+class MethodOptions:
+    """The ``method.*`` keys every method has: the base schema of the ``method`` config group.
+
+    A method family with options of its own declares a subclass next to its code (``PrefixOptions``
+    in ``prefix.py``) and names it in its ``MethodSpec(options=...)``; ``config.register_configs``
+    stores it in Hydra's ConfigStore as ``method/<schema_name>``, and each ``conf/method/<name>.yaml``
+    starts with ``defaults: [<schema_name>, _self_]``, so a key the method does not have, or a value of
+    the wrong type, fails at compose time. ``checks`` gives the range checks the types cannot express.
+    """
+
+    schema_name: ClassVar[str] = "method_schema"
+    name: str = field(default=MISSING, metadata={"help": "the registered method (conf/method/<file>.yaml sets it)"})
+
+    def checks(self, spec: "MethodSpec") -> list[Check]:
+        return []
 
 
 class MethodNotSupportedError(ValueError):
@@ -50,7 +75,7 @@ class MethodSpec:
     target_only: an infix: only the target sees the prefix (exported with placement "infix").
     packable: jobs of it can share one frozen LM (``launcher=packed``): it trains a prefix only.
     uses_bottleneck: it is sized by ``method.bottleneck`` / ``method.adapter_params_percent``
-        (the other methods must leave them null).
+        (``AdapterOptions``; no other schema has them).
     checkpoint_keys: the ``method.*`` keys that decide the shapes of its trainable tensors; a checkpoint
         resumes only if these keys (of every registered method) equal the run's (``training/resume.py``).
     parameter_markers: substrings of the names of the parameters it injects into the LM (not LM
@@ -62,6 +87,7 @@ class MethodSpec:
         ``hparams.model/method/task_name``, ``prefixed.lm`` and ``exported_prefix()``); returns the folder.
         The encoder path (``training/encoder_module.py``) exports its head (+ prefix) itself.
     export_format: what ``export`` writes: prefix | weights | peft | bottleneck | head.
+    options: the schema of its ``method.*`` keys, ``MethodOptions`` or a subclass declared in its module.
     """
 
     name: str
@@ -78,6 +104,7 @@ class MethodSpec:
     build_prefix: Callable[[Mapping[str, Any], Any, nn.Module, Any], nn.Module] | None = None
     export: Callable[[Any, Path], Path] | None = None
     export_format: str = "weights"
+    options: type = MethodOptions
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", frozenset(self.models))
@@ -98,6 +125,10 @@ class MethodSpec:
             problems.append("uses_mlp, target_only and packable apply to prefix methods (is_prefix) only")
         if "name" in self.checkpoint_keys:
             problems.append("checkpoint_keys: 'name' is always checked; list the method's own keys")
+        if not (isinstance(self.options, type) and issubclass(self.options, MethodOptions) and is_dataclass(self.options)):
+            problems.append("options must be MethodOptions or a dataclass that extends it")
+        elif not set(self.checkpoint_keys) <= set(self.options.__dataclass_fields__):
+            problems.append(f"checkpoint_keys must be fields of its options {self.options.__name__}")
         if problems:
             raise ValueError(f"MethodSpec {self.name!r}: " + "; ".join(problems))
 
@@ -124,6 +155,10 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
         raise TypeError(f"register_method takes a MethodSpec, not {type(spec).__name__}")
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"method {spec.name!r} is already registered (pass replace=True to replace it)")
+    known = option_schemas().get(spec.options.schema_name, spec.options)
+    if known is not spec.options:
+        raise ValueError(f"method {spec.name!r}: {spec.options.__name__}.schema_name={spec.options.schema_name!r} "
+                         f"is already {known.__name__}'s; give the schema its own name")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -148,13 +183,21 @@ def method_names(**where: Any) -> tuple[str, ...]:
     return tuple(name for name, spec in _REGISTRY.items() if all(getattr(spec, k) == v for k, v in where.items()))
 
 
-def checkpoint_keys() -> tuple[str, ...]:
+def checkpoint_keys(name: str | None = None) -> tuple[str, ...]:
     """The ``method.*`` keys a checkpoint must share with the run that resumes it: ``name``, then
-    every registered method's ``checkpoint_keys`` (first occurrence, registration order)."""
+    method ``name``'s ``checkpoint_keys``; without a name, every registered method's (first
+    occurrence, registration order). Each method has only its own schema's keys, so once the names
+    agree only that method's keys are worth comparing."""
     keys = ["name"]
-    for spec in _REGISTRY.values():
+    for spec in _REGISTRY.values() if name is None else (get_method(name),):
         keys += [k for k in spec.checkpoint_keys if k not in keys]
     return tuple(keys)
+
+
+def option_schemas() -> dict[str, type]:
+    """Every registered method's options schema by its ``schema_name`` (one per family), with the
+    base ``MethodOptions``: what ``config.register_configs`` stores in the ``method`` group."""
+    return {MethodOptions.schema_name: MethodOptions, **{s.options.schema_name: s.options for s in _REGISTRY.values()}}
 
 
 def is_injected_parameter(parameter_name: str) -> bool:

@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from prefixlab.run.runs import OutputDirError
+from prefixlab.run.storage import OutputDirError
 
 LOCK_FILE = ".prefixlab.lock"
 

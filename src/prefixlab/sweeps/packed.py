@@ -2,60 +2,62 @@
 
 A prefix job trains a few thousand to a few million parameters against a frozen LM, so a
 sweep over prefix lengths, reparameterizations, learning rates or seeds runs the same LM
-K times over batches too small to keep a GPU busy. Here the LM is loaded once and every
-optimizer step runs all jobs' batches through it together: their rows, sorted by length, go
-through the LM in forwards of ``rows_per_forward`` rows (on a CPU the largest job batch, so
-that neighbours of equal length carry little padding; on a GPU all rows at once), each row
-with its own job's prefix (``stack_prefixes``), so it computes exactly what it computes in
-its own run, and each job keeps everything else to itself:
+K times over batches too small to keep a GPU busy. Here the LM is loaded once and the K jobs'
+prefixes train as one LightningModule (``packed_module.PackedPrefixModule``) under one
+``Trainer.fit``: every step runs all jobs' batches through the LM together, their rows sorted by
+length in forwards of ``rows_per_forward`` rows, each row with its own job's prefix
+(``packed_step``), so it computes exactly what it computes in its own run, and each job keeps
+everything else to itself:
 
 * its data: its own datamodule and shuffled order (its seed), its own batch size;
 * its prefix, initialized from its own seed exactly as a single run does it;
-* its loss: the mean target loss over its own examples, wherever the forwards put them. The
-  step minimizes the sum of the jobs' losses; a job's prefix only reaches its own examples,
-  so the gradient each prefix gets is the gradient of its own loss alone, the one its
-  separate run computes;
-* its AdamW, linear schedule, gradient clipping (by the norm of its own gradients), and
-  max_steps (a job whose steps are done drops out of the batch);
+* its loss: the mean target loss over its own examples; a prefix reaches only its own examples,
+  so the gradient each prefix gets is the gradient of its own loss alone;
+* its AdamW hyperparameters (its parameter group of the pack's one AdamW), linear schedule,
+  gradient clipping (by the norm of its own gradients) and max_steps (a job whose steps are done
+  drops out of the batch and its parameters stay as they are);
 * its run directory, logger (CSV or its own W&B run), evaluation, export, metrics.json and
   predictions.jsonl, produced by the same ``PrefixTuningModule`` code as a single run; only
-  the generation of its evaluation examples is shared: all jobs' examples are generated
-  together in mixed-prefix batches (``generate_for_all_jobs``), each row with its own prefix.
+  the generation of its evaluation examples is shared (``packed_eval.generate_for_all_jobs``).
 
 A packed job's per-step losses, final prefix and metrics equal its separate run's within
 float tolerance (rows are padded differently and summed in another order; tested).
 
+Like a single run, a pack writes atomic checkpoints of its trainable state
+(``<pack dir>/checkpoints/last.ckpt``; the launcher's pack dir is ``<sweep dir>/pack-<first job
+number>``), resumes from them with ``resume=auto`` bit-identically (every job's data position is
+in the checkpoint), and stops on SIGINT/SIGTERM after the current step with a checkpoint and
+``status: interrupted`` in each job's metrics.json.
+
 Not supported (``packing_problem`` refuses them before anything loads): methods that train
-the shared LM (finetune, finetune_topk, lora, ia3); ``resume``; validation during training
-(``trainer.val_check_interval``); gradient accumulation; precisions other than 32-true and
-bf16-mixed; more than one device; encoder-decoder models. Also, unlike a single run: no
-checkpoints are written (nothing to resume from), the training curve reaches the logger when
-the pack has finished training (so that only one W&B run is open at a time), and with
-``method.dropout > 0`` the dropout masks come from one random stream shared by the jobs
-(equal in distribution to a separate run, not draw for draw).
+the shared LM (finetune, finetune_topk, lora, ia3); ``resume=<path>`` (a pack resumes from its
+own folder: ``resume=auto``); validation during training (``trainer.val_check_interval``);
+gradient accumulation; precisions other than 32-true and bf16-mixed; more than one device;
+encoder-decoder models. The training curve reaches each job's logger when the pack has finished
+training (so that only one W&B run is open at a time), and with ``method.dropout > 0`` the
+dropout masks come from one random stream shared by the jobs (equal in distribution to a
+separate run, not draw for draw).
 
 Plain torch and Lightning over typed configs; the Hydra launcher that calls this lives in
 ``src/hydra_plugins/prefixlab_packed_launcher``.
 """
 
-from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from prefixlab.config import TrainConfig, validate
-from prefixlab.engine.padding import pad_rows
-from prefixlab.methods import get_method, method_names
+from prefixlab.methods import method_names
+from prefixlab.sweeps import packed_module
+from prefixlab.sweeps.packed_module import CHECKPOINT, PackedJobState
 
 PACKABLE_PRECISIONS = ("32-true", "32", "bf16-mixed")
 
@@ -71,8 +73,9 @@ def packing_problem(settings: TrainConfig) -> str | None:
     if method not in packable:
         return (f"method={method} trains the LM that packed jobs share; launcher=packed takes "
                 f"{', '.join(packable)} (run this sweep without launcher=packed)")
-    if settings.resume is not None:
-        return "resume is not supported by launcher=packed (packed jobs write no checkpoints)"
+    if settings.resume not in (None, "auto"):
+        return (f"resume={settings.resume}: launcher=packed resumes each pack from its own checkpoint in the sweep "
+                "folder; rerun the sweep with resume=auto and the same hydra.sweep.dir")
     if trainer.val_check_interval is not None:
         return "trainer.val_check_interval is not supported by launcher=packed (jobs are validated after training)"
     if trainer.accumulate_grad_batches != 1:
@@ -100,6 +103,7 @@ def pack_key(settings: TrainConfig) -> str:
         "accelerator": settings.trainer.accelerator,
         "precision": str(settings.trainer.precision),
         "deterministic": settings.trainer.deterministic,
+        "resume": settings.resume,  # a pack resumes or starts fresh as a whole
     }, sort_keys=True, default=str)
 
 
@@ -114,50 +118,6 @@ class PackedJob:
     logger_identity: dict = field(default_factory=dict)
 
 
-@dataclass
-class _Running:
-    """A job's training state inside the pack."""
-
-    job: PackedJob
-    datamodule: Any
-    module: Any
-    encoder: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    counts: dict
-    last_good: Any
-    loader: Any = None
-    batches: Any = None
-    epoch: int = 0
-    step: int = 0
-    log: list = field(default_factory=list)  # (step, {"train/loss": ..., "lr-AdamW": ..., "epoch": ...})
-    error: BaseException | None = None
-    index: int = -1  # in the list of jobs given to train_packed
-
-    @property
-    def max_steps(self) -> int:
-        return self.job.settings.trainer.max_steps
-
-    @property
-    def training(self) -> bool:
-        return self.error is None and self.step < self.max_steps
-
-    def next_batch(self) -> dict:
-        """The next batch in the job's own order; epochs roll over as in Lightning's fit loop
-        (which calls ``set_epoch`` on the sampler at each epoch start)."""
-        while True:
-            if self.batches is None:
-                self.loader.sampler.set_epoch(self.epoch)
-                self.batches = iter(self.loader)
-            try:
-                return next(self.batches)
-            except StopIteration:
-                self.batches, self.epoch = None, self.epoch + 1
-
-
-def _trainer_at(step: int) -> SimpleNamespace:
-    """What the reliability helpers read from a Lightning trainer (a pack is one process: rank 0)."""
-    return SimpleNamespace(global_step=step, is_global_zero=True)
 
 
 def _device(settings: TrainConfig) -> torch.device:
@@ -167,62 +127,7 @@ def _device(settings: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _length_sorted_forwards(batches: list[dict], pad_id: int, rows_per_forward: int | None) -> list[tuple]:
-    """All jobs' rows, sorted by length and cut into forwards of ``rows_per_forward`` rows (None:
-    one forward), each left-padded to its own longest row: [(job of each row, ids, mask, labels)].
-
-    A job's batch is padded to its longest row whatever the order; K jobs' rows concatenated
-    and padded to the longest of all would cost more than the K batches alone. Sorted, neighbours
-    have nearly equal lengths, so forwards of a job's batch size carry less padding than the jobs'
-    own batches (``bench/padding.py`` measures both; README, Benchmarks). Rows are
-    independent in a transformer and each job's loss sums over its own rows, so the order and
-    grouping change only the float order. The batches are left-padded (real tokens last)."""
-    rows = []
-    for job, batch in enumerate(batches):
-        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
-            real = mask.bool()
-            rows.append((job, ids[real], labels[real]))
-    rows.sort(key=lambda row: len(row[1]))  # stable: equal lengths keep the jobs' order
-    size = rows_per_forward or len(rows)
-    forwards = []
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        ids, mask = pad_rows([row[1] for row in chunk], pad_id, left=True)
-        labels, _ = pad_rows([row[2] for row in chunk], -100, left=True)
-        forwards.append((torch.tensor([row[0] for row in chunk]), ids, mask, labels))
-    return forwards
-
-
-def _token_losses(shared, input_ids, attention_mask, labels, prefix) -> torch.Tensor:
-    """Cross-entropy of every next-token target, [rows, columns] (0 where there is none). As in ``PrefixedCausalLM.target_loss``, only the columns that hold targets go
-    through the LM head (targets are the last columns of a left-padded batch)."""
-    supervised = (labels != -100).any(dim=0).nonzero()
-    first = int(supervised[0]) if len(supervised) else labels.shape[1] - 1
-    keep = min(labels.shape[1] - first + 1, labels.shape[1])
-    logits = shared(input_ids, attention_mask, prefix=prefix, logits_to_keep=keep).logits[:, :-1].float()
-    targets = labels[:, labels.shape[1] - keep + 1 :]
-    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-
-
-def _gradient_leaves(activations):
-    """Detached copies of a job's prefix keys/values that collect the gradient of every forward
-    of the step; the job's encoder gets it in one backward at the end (``_backward_into_encoder``)."""
-    from prefixlab.engine.injection import PrefixActivations, SitePrefix
-
-    return PrefixActivations({name: SitePrefix(p.keys.detach().requires_grad_(), p.values.detach().requires_grad_(),
-                                               p.mask, p.visible_from) for name, p in activations.sites.items()})
-
-
-def _backward_into_encoder(activations, leaves) -> None:
-    """The gradient the leaves collected, on through the encoder (its MLP) to its parameters."""
-    pairs = [(getattr(activations.sites[name], part), getattr(leaf, part).grad)
-             for name, leaf in leaves.sites.items() for part in ("keys", "values")]
-    pairs = [(tensor, grad) for tensor, grad in pairs if grad is not None and tensor.requires_grad]
-    if pairs:
-        torch.autograd.backward([tensor for tensor, _ in pairs], [grad for _, grad in pairs])
-
-
-def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading) -> _Running:
+def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading) -> PackedJobState:
     """What ``train.train`` builds for one run, around the shared LM, in the same order (seed,
     datamodule, module) so that the job's prefix starts from the same random numbers."""
     import pytorch_lightning as pl
@@ -250,199 +155,12 @@ def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading
     )
     encoder = shared.prefix_encoder.to(device)
     encoder.train()
-    optimizers = module.configure_optimizers()  # AdamW over this job's prefix only, and its linear schedule
     train_lengths = [len(e.prompt_ids) + len(e.target_ids) for e in datamodule.splits["train"]]
     counts = module.parameter_counts()
     print(f"[{job.run_dir}] " + run_summary(counts, task.batch_size, 1, 1, sum(train_lengths) / len(train_lengths)))
     check_free_space(job.run_dir, storage_needed(counts))
-    running = _Running(job, datamodule, module, encoder, optimizers["optimizer"],
-                       optimizers["lr_scheduler"]["scheduler"], counts, LastGoodState())
-    running.loader = datamodule.train_dataloader()
-    return running
+    return PackedJobState(job, datamodule, module, encoder, counts, LastGoodState(), loader=datamodule.train_dataloader())
 
-
-def _forward_backward(running: list, batches: list[dict], shared, pad_id: int, device, precision: str,
-                      rows_per_forward: int | None = None) -> list:
-    """Every job's loss and its prefix's gradient, from forwards over all jobs' rows
-    (``_length_sorted_forwards``; each row with its own job's prefix) with a backward after
-    each. Returns [(job, loss)] for the jobs whose loss is finite; the others get ``error``, as
-    the single run's training_step raises, and their rows send nothing into any backward.
-
-    A job's loss is its mean target loss over all its rows (``target_loss`` of its batch): each
-    forward adds its rows' summed token losses divided by the job's target count of the whole
-    batch. The step minimizes the sum of the jobs' losses; a prefix reaches only its own rows,
-    so d(sum)/d(prefix_j) = d(loss_j)/d(prefix_j). The prefix is computed once per job (its MLP
-    runs once) and its gradient flows back through the encoder once, after the last forward."""
-    from prefixlab.engine.mixing import stack_prefixes, with_visibility
-
-    forwards = _length_sorted_forwards(batches, pad_id, rows_per_forward)
-    target_counts = [0] * len(running)
-    for jobs, _, _, labels in forwards:
-        for job, count in zip(jobs.tolist(), (labels[:, 1:] != -100).sum(dim=1).tolist()):
-            target_counts[job] += count
-    infix = [get_method(r.job.settings.method.name).target_only for r in running]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-        activations = [r.encoder() for r in running]
-    leaves = [_gradient_leaves(a) for a in activations]
-    losses: list[torch.Tensor | float] = [0.0] * len(running)
-    failed: set[int] = set()
-    for jobs, input_ids, attention_mask, labels in forwards:
-        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            prefix = stack_prefixes([leaves[job] for job in jobs.tolist()])
-            infix_rows = torch.tensor([infix[job] for job in jobs.tolist()], device=device)
-            if infix_rows.any():  # an infix row sees its prefix from its last prompt token on
-                first_target = (labels != -100).long().argmax(dim=1)
-                prefix = with_visibility(prefix, torch.where(infix_rows, first_target - 1, 0))
-            token_loss = _token_losses(shared, input_ids, attention_mask, labels, prefix)
-        jobs = jobs.to(device)
-        terms = []
-        for job in sorted(set(jobs.tolist())):
-            term = token_loss[jobs == job].sum() / target_counts[job]
-            losses[job] = losses[job] + term.detach()
-            if not torch.isfinite(term):
-                failed.add(job)
-            elif job not in failed:
-                terms.append(term)
-        if terms:
-            torch.stack(terms).sum().backward()
-    finite = []
-    for job, r in enumerate(running):
-        if job in failed:
-            r.error = FloatingPointError(f"loss is {float(losses[job])} at step {r.step}; lower optim.lr")
-        else:
-            _backward_into_encoder(activations[job], leaves[job])
-            finite.append((r, losses[job]))
-    return finite
-
-
-def _train_step(running: list[_Running], shared, pad_id: int, device, precision: str,
-                rows_per_forward: int | None = None) -> None:
-    """One optimizer step of every job in ``running``: forwards and backwards over all their batches."""
-    batches = [r.next_batch() for r in running]
-    for r in running:
-        r.optimizer.zero_grad(set_to_none=True)
-    finite = _forward_backward(running, batches, shared, pad_id, device, precision, rows_per_forward)
-    for r, loss in finite:
-        params = [p for p in r.encoder.parameters() if p.requires_grad]
-        r.log.append((r.step, {"train/loss": float(loss), "lr-AdamW": r.optimizer.param_groups[0]["lr"],
-                               "epoch": r.epoch}))
-        r.last_good.on_before_optimizer_step(_trainer_at(r.step), r.encoder, r.optimizer)
-        clip = r.job.settings.trainer.gradient_clip_val
-        if clip:  # Lightning's gradient_clip_val: by the global norm of this job's gradients only
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        r.optimizer.step()
-        r.scheduler.step()
-        r.step += 1
-
-
-EVAL_STAGES = (("val", "validation"), ("test", "test"))  # the module's stage name, the datamodule's split
-
-
-@torch.no_grad()
-def generate_for_all_jobs(running: list[_Running], shared, device, precision: str) -> int:
-    """Every job's validation and test predictions, generated in mixed-prefix batches.
-
-    A single run generates its evaluation examples batch by batch with its own prefix; here the
-    examples of all jobs with the same generation settings are sorted by prompt length (less
-    padding) and generated together, each row with its own job's prefix (``stack_prefixes``;
-    an infix job's rows see theirs from the last prompt token on, as in ``generate_text``), in
-    batches as large as the jobs' evaluation batches together (one ``generate_mixed`` call per
-    batch). Small decoding batches leave a GPU idle, and on a CPU, too, fewer larger batches
-    took less time than the jobs' own batches (``bench/``; README, Benchmarks). Every row
-    equals its job generating it alone (tested); the predictions go to each job's module
-    (``prepared_predictions``), whose validate/test then score them. Returns how many
-    generate() calls were made.
-    """
-    from prefixlab.engine.mixing import generate_mixed
-
-    groups: dict[str, list[_Running]] = {}
-    for r in running:
-        if r.error is None:
-            groups.setdefault(json.dumps(r.module.hparams.generation, sort_keys=True), []).append(r)
-    calls = 0
-    for members in groups.values():
-        tokenizer, generate_kwargs = members[0].module.tokenizer, members[0].module.generate_kwargs()
-        prefixes = {}
-        for r in members:  # as evaluation sees it: eval mode (no dropout), computed once
-            was_training = r.encoder.training
-            r.encoder.eval()
-            prefixes[r.index] = r.encoder().detached()
-            r.encoder.train(was_training)
-        rows = [(r, stage, position, encoded.prompt_ids)
-                for r in members for stage, split in EVAL_STAGES
-                for position, encoded in enumerate(r.datamodule.splits[split])]
-        rows.sort(key=lambda row: len(row[3]))
-        rows_per_batch = sum(r.job.settings.task.eval_batch_size for r in members)
-        outputs: dict[tuple[int, str, int], str] = {}
-        for start in range(0, len(rows), rows_per_batch):
-            chunk = rows[start : start + rows_per_batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-                new_tokens = generate_mixed(
-                    shared, [list(row[3]) for row in chunk], [prefixes[r.index] for r, *_ in chunk],
-                    pad_token_id=tokenizer.pad_token_id,
-                    infix_rows=[get_method(r.job.settings.method.name).target_only for r, *_ in chunk], **generate_kwargs,
-                )
-            calls += 1
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for (r, stage, position, _), text in zip(chunk, texts):
-                outputs[(r.index, stage, position)] = text.strip()
-        for r in members:
-            r.module.prepared_predictions = {
-                stage: [(encoded.example.id, outputs[(r.index, stage, position)])
-                        for position, encoded in enumerate(r.datamodule.splits[split])]
-                for stage, split in EVAL_STAGES
-            }
-    return calls
-
-
-def _finish_job(r: _Running, shared, started: float, packed_jobs: int) -> dict:
-    """Evaluate, export and write the results of one trained job, as ``train.train`` does."""
-    from prefixlab.training.reliability import record_failure
-    from prefixlab.run.runs import build_logger, build_trainer, finish_logger, logger_callbacks, wandb_tags, write_results
-
-    settings, run_dir = r.job.settings, r.job.run_dir
-    shared.prefix_encoder = r.encoder  # the shared wrapper serves one job's module at a time
-    summary = {"run_name": settings.run_name, **r.counts}
-    tags = wandb_tags(settings.task.name, settings.model.name_or_path, settings.model.random_init,
-                      settings.method.name, settings.logger.tags)
-    logger = None
-    try:
-        logger = build_logger(settings.logger, run_dir, settings.run_name, r.job.resolved, **r.job.logger_identity,
-                              tags=tags, parameter_counts=r.counts)
-        every = settings.trainer.log_every_n_steps
-        for step, values in r.log:
-            if (step + 1) % every == 0:
-                logger.log_metrics(values, step=step)
-        if r.error is not None:
-            raise r.error
-        # validate/test only: one device, whatever trainer.devices says (packed_problem allows auto or 1)
-        trainer = build_trainer(dataclasses.replace(settings.trainer, devices="1"), logger, run_dir,
-                                callbacks=logger_callbacks(settings.logger))
-        # evaluation metrics are logged at the step training ended, as in a single run
-        trainer.fit_loop.epoch_loop._batches_that_stepped = r.step
-        val_metrics = trainer.validate(r.module, datamodule=r.datamodule)[0]
-        test_metrics = trainer.test(r.module, datamodule=r.datamodule)[0]
-        r.module.export(run_dir / "prefix")
-        metrics = {
-            "status": "completed",
-            "run_name": settings.run_name,
-            "steps": r.step,
-            "packed_jobs": packed_jobs,
-            **r.counts,
-            **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
-            "runtime_s": round(time.time() - started, 1),
-        }
-        write_results(run_dir, metrics, r.module.last_predictions.get("test"))
-        print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
-        return metrics
-    except Exception as error:  # this job failed; the pack's other jobs are unaffected
-        outcome = record_failure(error, run_dir, r.module, _trainer_at(r.step),
-                                 r.last_good, summary, started)
-        print(f"prefixlab-train: error: [{run_dir}] {outcome}", file=sys.stderr)
-        return json.loads((run_dir / "metrics.json").read_text())
-    finally:
-        finish_logger(logger, run_dir / "metrics.json")
 
 
 def _record_input_error(job: PackedJob, error: BaseException) -> dict:
@@ -474,17 +192,19 @@ def choose_rows_per_forward(requested: int | None, device: torch.device, batch_s
     return max(batch_sizes) if device.type == "cpu" else None
 
 
-def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> list[dict]:
+
+
+def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None, pack_dir: Path | None = None) -> list[dict]:
     """Train ``jobs`` (which must share ``pack_key``) together; returns each job's metrics.json
     content, in order (``status`` completed or failed). One job's bad config or divergence
-    fails that job only; an error of the shared forward fails every job still training.
-    ``rows_per_forward``: rows per forward of a step (``choose_rows_per_forward``)."""
+    fails that job only; an error of the shared forward fails every job still training; a
+    signal stops the pack after the current step (``RunInterrupted``, every job interrupted).
+    ``rows_per_forward``: rows per forward of a step (``choose_rows_per_forward``). ``pack_dir``:
+    where the pack's checkpoints go (``resume=auto`` continues from ``<pack_dir>/checkpoints/last.ckpt``);
+    None: a temporary folder, removed at the end."""
     from prefixlab.errors import USER_ERRORS
     from prefixlab.engine.families import adapter_for_model_type
     from prefixlab.training.model_loading import load_config
-    from prefixlab.training.lm_module import load_frozen_lm
-    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-    from prefixlab.training.reliability import record_failure
 
     started = time.time()
     if rows_per_forward_problem(rows_per_forward):
@@ -505,6 +225,14 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
     if not valid:
         return results
     first = jobs[valid[0]].settings
+    resume_from = None
+    if pack_dir is not None and first.resume == "auto":
+        if (pack_dir / CHECKPOINT).is_file():  # checked before anything loads (raises CheckpointError)
+            resume_from = pack_dir / CHECKPOINT
+            print(f"resuming the pack from {resume_from} "
+                  f"(step {packed_module.read_pack_checkpoint(resume_from, [jobs[i] for i in valid])})")
+        else:
+            print(f"resume=auto: no checkpoint at {pack_dir / CHECKPOINT}, starting the pack fresh")
     try:
         model_config = load_config(first.model.name_or_path, trust_remote_code=first.model.trust_remote_code)  # a wrong model name fails here, before loading
         adapter = adapter_for_model_type(model_config.model_type)
@@ -515,11 +243,29 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
         for i in valid:
             results[i] = _record_input_error(jobs[i], error)
         return results
+    temporary = None
+    if pack_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="prefixlab-pack-")
+        pack_dir = Path(temporary.name)
+    try:
+        return _train(jobs, valid, results, model_config, rows_per_forward, pack_dir, resume_from, started)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
 
+
+def _train(jobs, valid, results, model_config, rows_per_forward, pack_dir: Path, resume_from, started: float) -> list[dict]:
+    """Load the LM once, prepare every job around it, fit the pack, evaluate every job."""
     import pytorch_lightning as pl
 
+    from prefixlab.errors import USER_ERRORS
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+    from prefixlab.sweeps.packed_eval import finish_job, generate_for_all_jobs
     from prefixlab.training.cpu_memory import keep_freed_memory
+    from prefixlab.training.lm_module import load_frozen_lm
+    from prefixlab.training.reliability import RunInterrupted, StopOnSignal
 
+    first = jobs[valid[0]].settings
     device = _device(first)
     if device.type == "cpu":  # a packed step's activations exceed malloc's mmap threshold (cpu_memory.py)
         keep_freed_memory()
@@ -534,53 +280,72 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None) -> 
                              "(run this sweep without launcher=packed)")
         return [results[i] if i not in valid else _record_input_error(jobs[i], error) for i in range(len(jobs))]
     shared = PrefixedCausalLM(lm.to(device), None)
-    pad_id = None
-    running: list[_Running] = []
+    running: list[PackedJobState] = []
     for i in valid:
         try:
             running.append(_prepare_job(jobs[i], shared, model_config, device, rng_after_loading))
             running[-1].index = i
-            pad_id = running[-1].datamodule.pad_id
         except (*USER_ERRORS, PackingError) as error:
             results[i] = _record_input_error(jobs[i], error)
+    if not running:
+        return results
+    shared.prefix_encoder = None  # each job's prefix goes into the forwards explicitly (or is set for its evaluation)
     forward_rows = choose_rows_per_forward(rows_per_forward, device, [r.job.settings.task.batch_size for r in running])
     print(f"packed: {len(running)} jobs share one {model_config.model_type} LM on {device}; "
           f"{sum(r.job.settings.task.batch_size for r in running)} examples per step while all train "
           f"(rows per forward: {forward_rows or 'all'})")
+    module = packed_module.PackedPrefixModule(shared, running, running[0].datamodule.pad_id, forward_rows, started)
+    batches = packed_module.PackedBatches([r.loader for r in running], [r.max_steps for r in running])
+    every = min(r.job.settings.trainer.checkpoint_every_n_steps or max(1, min(50, r.max_steps)) for r in running)
+    stop = StopOnSignal(pack_dir / CHECKPOINT)
+    trainer = packed_module.build_pack_trainer(first.trainer, max(r.max_steps for r in running), pack_dir, [stop], every)
     precision = str(first.trainer.precision)
+    finished: set[int] = set()
+    stop.listen()  # SIGINT / SIGTERM from here to the last job's results
     try:
-        while any(r.training for r in running):
-            active = [r for r in running if r.training]
-            _train_step(active, shared, pad_id, device, precision, forward_rows)
-            step = max(r.step for r in active)
-            if step % first.trainer.log_every_n_steps == 0:
-                print(f"packed step {step}: " + " ".join(
-                    f"{r.job.run_dir.name}={r.log[-1][1]['train/loss']:.4f}" for r in active if r.log and r.error is None))
-    except Exception as error:  # an error of the shared step: every job still training fails with it
-        print(f"prefixlab-train: error: the packed step failed: {type(error).__name__}: {error}", file=sys.stderr)
+        try:
+            trainer.fit(module, train_dataloaders=batches, ckpt_path=resume_from, weights_only=True)  # checked above
+            stop.stop_if_received(trainer)
+        except RunInterrupted:
+            raise  # a signal: handled below, with the others
+        except Exception as error:  # an error of the shared step: every job still training fails with it
+            print(f"prefixlab-train: error: the packed step failed: {type(error).__name__}: {error}", file=sys.stderr)
+            _record_all(running, error, shared, trainer, started)
+        module.to(device)  # the Trainer hands the module back on the CPU
+        try:
+            generate_for_all_jobs(running, shared, device, precision)
+        except Exception as error:  # then each job generates its own, as a single run does
+            print(f"prefixlab-train: warning: mixed-prefix evaluation failed ({type(error).__name__}: {error}); "
+                  "each job generates its own predictions", file=sys.stderr)
+            for r in running:
+                r.module.prepared_predictions = {}
         for r in running:
-            if r.training:
-                r.error = error
-    except BaseException as error:  # a signal (Ctrl-C, SIGTERM): every job of the pack says so; the sweep stops
-        outcome = error
-        for r in running:  # none has been evaluated yet: each gets its metrics.json now
-            shared.prefix_encoder = r.encoder
-            summary = {"run_name": r.job.settings.run_name, **r.counts}
-            if r.error is not None:  # it had failed before the signal (diverged: its last good prefix is exported)
-                record_failure(r.error, r.job.run_dir, r.module, _trainer_at(r.step), r.last_good, summary, started)
-            else:
-                outcome = record_failure(error, r.job.run_dir, r.module, _trainer_at(r.step), None, summary, started)
-        raise outcome from error
-    try:
-        generate_for_all_jobs(running, shared, device, precision)
-    except Exception as error:  # then each job generates its own, as a single run does
-        print(f"prefixlab-train: warning: mixed-prefix evaluation failed ({type(error).__name__}: {error}); "
-              "each job generates its own predictions", file=sys.stderr)
-        for r in running:
-            r.module.prepared_predictions = {}
-    for r in running:
-        results[r.index] = _finish_job(r, shared, started, len(running))
+            if stop.received is not None:
+                raise RunInterrupted(stop.received, trainer.global_step, pack_dir / CHECKPOINT, "evaluation")
+            results[r.index] = finish_job(r, shared, started, len(running))
+            finished.add(r.index)
+    except BaseException as error:  # a signal (Ctrl-C, SIGTERM): every unfinished job says so; the sweep stops
+        raise _record_all([r for r in running if r.index not in finished], error, shared, trainer, started) from error
+    finally:
+        stop.stop_listening()
     return results
+
+
+def _record_all(running: list[PackedJobState], error: BaseException, shared, trainer, started: float) -> BaseException:
+    """``error`` into the metrics.json of every job that has not failed on its own; returns what
+    the caller raises (``record_failure``'s outcome)."""
+    from prefixlab.training.reliability import record_failure
+
+    outcome = error
+    for r in running:
+        if r.error is not None:  # diverged before: its metrics.json says so already
+            continue
+        shared.prefix_encoder = r.encoder
+        r.error = error
+        outcome = record_failure(error, r.job.run_dir, r.module, trainer, None,
+                                 {"run_name": r.job.settings.run_name, **r.counts}, started)
+    shared.prefix_encoder = None
+    return outcome
 
 
 def optimized_value(metrics: dict, optimized_metric: str) -> float:
@@ -588,3 +353,4 @@ def optimized_value(metrics: dict, optimized_metric: str) -> float:
     if metrics.get("status") != "completed" or optimized_metric not in metrics:
         return math.nan
     return float(metrics[optimized_metric])
+

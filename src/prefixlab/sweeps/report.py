@@ -27,7 +27,7 @@ from typing import Any
 
 from prefixlab.run.artifacts import atomic_write_text
 from prefixlab.sweeps.jobs import Job, as_number, find_jobs
-from prefixlab.sweeps.plots import loss_curves, metric_per_job, metric_vs_setting
+from prefixlab.sweeps.plots import loss_curves, metric_per_job, metric_vs_setting, optimization_history
 from prefixlab.sweeps.table import (Selection, as_text, best_jobs, differences, metric_names, over_repeats, selection,
                                     table, varying_label, varying_overrides)
 from prefixlab.tasks.scoring.directions import lower_is_better
@@ -130,6 +130,15 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
         else:
             plots.append((title, name))
 
+    if chosen.metric and any(is_optuna_sweep(d) for d in sweep_dirs):
+        name = "optimization_history.png"
+        why = optimization_history(jobs, chosen.metric, out / name)
+        if why:
+            skipped.append(("Optuna optimization history", why))
+            (out / name).unlink(missing_ok=True)
+        else:
+            plots.append((f"Optuna optimization history ({chosen.metric})", name))
+
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -168,6 +177,18 @@ def build_report(sweep_dirs: list[Path], out: Path, metric: str | None = None) -
     atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
     atomic_write_text(out / "report.csv", csv_text(columns, rows))
     return out / "report.md"
+
+
+def is_optuna_sweep(sweep_dir: Path) -> bool:
+    """Whether Hydra's Optuna sweeper ran this sweep (its ``multirun.yaml``, read as plain YAML:
+    no resolver runs). Its jobs are then trials, numbered in the order Optuna proposed them."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text(encoding="utf-8"))
+        return "optuna" in str(saved["hydra"]["sweeper"]["_target_"]).lower()
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return False
 
 
 def _test_figure(job: Job, metric: str) -> str:

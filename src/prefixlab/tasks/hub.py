@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefixlab.tasks.scoring import classification, rouge
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, DataDirOptions, DataError, Example
 from prefixlab.tasks.splits import carve
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class HubTask:
     ``split_seed`` (sorted, seeded shuffle), so the same text never sits on both sides."""
 
     name = ""
+    options: ClassVar[type] = DataDirOptions
     hub_name = ""
     hub_config: str | None = None
     source_column = ""

@@ -16,16 +16,36 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from prefixlab.tasks.scoring import generation_scores
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, Check, DataError, Example, TaskOptions
 
 FORMATS = ("csv", "jsonl")
 
 
+@dataclass
+class LocalFilesOptions(TaskOptions):
+    """``task.*`` of task=local: one file per split and its columns."""
+
+    schema_name = "local_schema"
+    train_file: Optional[str] = field(default=None, metadata={"help": "CSV or JSON-lines file of the train split"})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "file of the validation split"})
+    test_file: Optional[str] = field(default=None, metadata={"help": "file of the test split"})
+    source_column: str = field(default="source", metadata={"help": "column of the input text"})
+    target_column: str = field(default="target", metadata={"help": "column of the target text"})
+    file_format: Optional[str] = field(default=None, metadata={"help": "csv | jsonl (null: from the extension)"})
+    instruction: Optional[str] = field(default=None, metadata={"help": "the instruction the prompt starts with (null: a generic one)"})
+
+    def checks(self) -> list[Check]:
+        return [(self.file_format in (None, *FORMATS), "file_format", self.file_format, f"{' | '.join(FORMATS)}, or null (by extension)")]
+
+
 class LocalFiles:
     name = "local"
+    options = LocalFilesOptions
     instruction = "Write the output for this input."
     answer_cue = "Output:"
     score = staticmethod(generation_scores)

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from prefixlab.tasks.scoring import squad
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, DataDirOptions, DataError, Example
 from prefixlab.tasks.spans import SpanExample, spans_to_text_example
 
 HUB_NAME = "rajpurkar/squad"
@@ -90,6 +90,7 @@ def to_span_example(row: dict) -> SpanExample:
 
 class SQuAD:
     name = "squad"
+    options = DataDirOptions
     instruction = "Answer the question with a short span copied from the passage."
     answer_cue = "Answer:"
     score = staticmethod(squad)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from prefixlab.tasks.scoring import MetricUnavailableError, check_coco_metrics, table_to_text
-from prefixlab.tasks.base import SPLITS, DataError, Example
+from prefixlab.tasks.base import SPLITS, Check, DataDirOptions, DataError, Example, TaskOptions
 from prefixlab.tasks.hub import load_from_hub, load_local
 from prefixlab.tasks.splits import split_by_key
 
@@ -115,6 +116,7 @@ class TableToText:
     """Shared by E2E and DART: subclasses name their files, reader and hub dataset."""
 
     name = ""
+    options: ClassVar[type] = DataDirOptions
     instruction = ""
     answer_cue = "Text:"
     score = staticmethod(table_to_text)
@@ -229,6 +231,18 @@ def linearize_webnlg(tripleset) -> str:
     return linearize_triples(triples)
 
 
+@dataclass
+class WebNLGOptions(TaskOptions):
+    """``task.*`` of webnlg."""
+
+    schema_name = "webnlg_schema"
+    data_dir: Optional[str] = field(default=None, metadata={"help": "train/dev/test .jsonl files in the hub's columns (null: the hub)"})
+    test_categories: str = field(default="all", metadata={"help": "all | seen | unseen test categories (seen: in the train split)"})
+
+    def checks(self) -> list[Check]:
+        return [(self.test_categories in WEBNLG_CATEGORY_SETS, "test_categories", self.test_categories, " | ".join(WEBNLG_CATEGORY_SETS))]
+
+
 class WebNLG:
     """WebNLG 2017 challenge (DBpedia triples -> text), multi-reference like DART, with its 15
     categories: a category of the test split is *seen* if the train split has it (the 2017 test set
@@ -241,6 +255,7 @@ class WebNLG:
     ``Dataset.to_json`` writes) or a ``save_to_disk`` folder."""
 
     name = "webnlg"
+    options = WebNLGOptions
     instruction = DART.instruction
     answer_cue = "Text:"
     score = staticmethod(table_to_text)

@@ -18,22 +18,18 @@ A prefix is trained with its head: it is of no use without ``head.safetensors``.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from prefixlab.run.artifacts import atomic_replace_dir
 from prefixlab.data.encoder_data import CLASSIFICATION, EncoderDataModule, best_span, span_text
-from prefixlab.engine.export import ExportedPrefix, export_activations, PrefixFormatError, load_prefix, save_prefix
+from prefixlab.engine.export import PrefixFormatError, load_prefix, save_prefix
 from prefixlab.engine.families import adapter_for_model_type
-from prefixlab.engine.geometry import PrefixGeometry
 from prefixlab.engine.prefixed_encoder import PrefixedEncoder, trainable_head_parameters
-from prefixlab.training.checkpointing import enable_checkpointing
-from prefixlab.training.lightning_common import TrainEvalHooks
+from prefixlab.training.frozen_backbone import FrozenBackboneModule, freeze_for_training
 from prefixlab.methods import build_prefix_encoder, get_method
 from prefixlab.training.model_loading import ModelNotFoundError, load_config, resolve
 from prefixlab.tasks.scoring import classification, squad
@@ -42,7 +38,6 @@ from prefixlab.tasks import task_options
 HEAD_FORMAT, HEAD_FORMAT_VERSION = "prefixlab-encoder-head", 1
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
 MAX_ANSWER_TOKENS = 30  # the usual SQuAD decoding limit (Hugging Face's run_qa default)
-_FROZEN = "prefixed.model."
 
 
 def is_encoder_model(model_config) -> bool:
@@ -92,9 +87,10 @@ def head_parameter_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if id(p) in head]
 
 
-class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
+class EncoderTaskModule(FrozenBackboneModule):
     """Hyperparameters are names and numbers (``model``, ``method``, ``task_name`` as in the LM
-    module, so ``resume.read_checkpoint`` checks them the same way)."""
+    module, so ``resume.read_checkpoint`` checks them the same way). The backbone is the encoder
+    with its head; the head trains, so checkpoints keep it (``FrozenBackboneModule.state_dict``)."""
 
     def __init__(
         self, model: dict, method: dict, optim: dict, task_name: str, kind: str, labels: list[str] | None = None,
@@ -102,11 +98,7 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.strict_loading = False  # checkpoints hold no frozen-encoder weights by design
-        encoder = load_encoder(model, kind, labels)
-        encoder.eval()  # no dropout: the same function in training and evaluation
-        if model.get("gradient_checkpointing"):
-            enable_checkpointing(encoder)  # in eval mode, as for the LM (training/checkpointing.py)
+        encoder = freeze_for_training(load_encoder(model, kind, labels), bool(model.get("gradient_checkpointing")))
         encoder.requires_grad_(False)
         for p in trainable_head_parameters(encoder):
             p.requires_grad_(True)
@@ -114,44 +106,33 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
         self.is_prefix_method = get_method(method["name"]).is_prefix
         if self.is_prefix_method:
             self.prefixed.prefix_encoder = build_prefix_encoder(method, self.prefixed.geometry, encoder, None)
+        self._head_names = frozenset(head_parameter_names(encoder))
         self._rows: dict[str, list[dict]] = {}
         self.last_predictions: dict[str, list[dict]] = {}
 
-    # ---- state and accounting ------------------------------------------------------------------
-    def state_dict(self, *args, **kwargs):
-        """Only what trains (prefix encoder, head): the frozen encoder is rebuilt from its name, so
-        checkpoints stay small and ``resume.check_trainable_state`` compares exactly these tensors."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
-        return OrderedDict((k, v) for k, v in state.items() if not k.startswith(prefix + _FROZEN) or k in trainable)
+    # ---- accounting ----------------------------------------------------------------------------
+    def _is_added_to_backbone(self, parameter_name: str) -> bool:
+        return parameter_name in self._head_names  # the head is no encoder weight: it trains
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.prefixed.model.eval()  # Lightning flips everything to train(); the encoder and head stay in eval
-        return self
+    def _head_count(self) -> int:
+        return sum(p.numel() for p in trainable_head_parameters(self.prefixed.model))
+
+    def _exported_count(self, trainable: int) -> int:
+        return self._prefix_count() + self._head_count()
 
     def parameter_counts(self) -> dict[str, Any]:
-        head = sum(p.numel() for p in trainable_head_parameters(self.prefixed.model))
-        encoder = sum(p.numel() for p in self.prefixed.model.parameters()) - head
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        prefix = 0
-        if self.is_prefix_method:
-            prefix = sum(p.keys.numel() + p.values.numel() for p in self.prefixed.prefix_encoder().sites.values())
-        return {
-            "lm_params": encoder,  # the frozen encoder (the LM path's key, for one report format)
-            "head_params": head,
-            "trainable_params": trainable,
-            "total_params": sum(p.numel() for p in self.parameters()),
-            "exported_params": prefix + head,
-            "trainable_percent_of_lm": 100.0 * trainable / encoder,
-            "exported_percent_of_lm": 100.0 * (prefix + head) / encoder,
-        }
+        """The base's counts ("lm_params": the frozen encoder, the LM path's key for one report
+        format) with the head's size."""
+        counts = super().parameter_counts()
+        return {"lm_params": counts.pop("lm_params"), "head_params": self._head_count(), **counts}
 
     # ---- steps ---------------------------------------------------------------------------------
     def forward(self, batch: dict):
         """Classification: logits [batch, labels]; extractive: start_logits, end_logits [batch, seq]."""
         return self.prefixed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        return self._loss(batch, self(batch))
 
     def _loss(self, batch: dict, out) -> torch.Tensor | None:
         if self.hparams.kind == CLASSIFICATION:
@@ -165,13 +146,6 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
         start = F.cross_entropy(out.start_logits[has].masked_fill(outside, float("-inf")), batch["start_positions"][has])
         end = F.cross_entropy(out.end_logits[has].masked_fill(outside, float("-inf")), batch["end_positions"][has])
         return (start + end) / 2
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch, self(batch))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower optim.lr")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
 
     # ---- evaluation ----------------------------------------------------------------------------
     def predict_text(self, batch: dict, out) -> list[str]:
@@ -220,7 +194,7 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
             "task": hp.task_name, "method": hp.method["name"], "max_answer_tokens": hp.max_answer_tokens,
             "tensors": names,
         }
-        exported = self._exported_prefix() if self.is_prefix_method else None
+        exported = self._exported_prefix({"task": hp.task_name, "head": HEAD_WEIGHTS}) if self.is_prefix_method else None
 
         def fill(work: Path) -> None:
             if exported is not None:
@@ -232,16 +206,6 @@ class EncoderTaskModule(TrainEvalHooks, pl.LightningModule):
             (work / HEAD_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
         return atomic_replace_dir(Path(directory), fill)
-
-    def _exported_prefix(self) -> ExportedPrefix:
-        activations = export_activations(self.prefixed.prefix_encoder)
-        geometry = self.prefixed.geometry
-        return ExportedPrefix(
-            activations=activations,
-            geometry=PrefixGeometry(geometry.model_type, {n: geometry.sites[n] for n in activations.sites}),
-            base_model=self.hparams.model["name_or_path"], prefix_length=self.hparams.method["prefix_length"],
-            method=self.hparams.method["name"], metadata={"task": self.hparams.task_name, "head": HEAD_WEIGHTS},
-        )
 
 
 def read_head_config(directory: Path) -> dict:

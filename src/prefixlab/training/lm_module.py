@@ -3,35 +3,25 @@
 The trainable part is a prefix (or infix, or input embeddings) for the prefix methods, and
 LM weights or PEFT adapters for the baselines (``prefixlab.methods``). Hyperparameters are plain
 names and numbers (no modules), so checkpoints stay small and reload cleanly; a
-checkpoint holds the trainable parameters and optimizer state, never frozen LM weights
-(``on_save_checkpoint`` drops them).
+checkpoint holds the trainable parameters and optimizer state, never frozen LM weights.
+What it shares with the encoder path (optimizer, NaN guard, eval mode of the LM, checkpoint
+state, parameter counts, prefix export) is ``frozen_backbone.FrozenBackboneModule``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
-from prefixlab.engine.export import ExportedPrefix, export_activations
-from prefixlab.engine.geometry import PrefixGeometry
+from prefixlab.engine.export import ExportedPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 from prefixlab.engine.mixing import with_visibility
-from prefixlab.training.checkpointing import enable_checkpointing
-from prefixlab.training.lightning_common import TrainEvalHooks
+from prefixlab.training.frozen_backbone import FrozenBackboneModule, freeze_for_training
 from prefixlab.methods import build_prefix_encoder, get_method, is_injected_parameter, unfreeze_for
 from prefixlab.training.model_loading import load_lm, load_tokenizer
 from prefixlab.tasks import build_task
-
-_LM_PREFIX = "prefixed.lm."
-
-
-def _is_adapter(parameter_name: str) -> bool:
-    """A parameter a method injects into the LM (LoRA, (IA)^3, bottleneck adapters): not an LM weight."""
-    return is_injected_parameter(parameter_name)
 
 
 def load_frozen_lm(model: dict):
@@ -44,13 +34,10 @@ def load_frozen_lm(model: dict):
         config_overrides=model["config_overrides"],
         trust_remote_code=bool(model.get("trust_remote_code", False)),  # only the run's own config opts in
     )
-    lm.eval()  # no dropout in the LM: the same function in training and evaluation
-    if model.get("gradient_checkpointing"):
-        enable_checkpointing(lm)  # checkpoints in eval mode (training/checkpointing.py): no train mode needed
-    return lm
+    return freeze_for_training(lm, bool(model.get("gradient_checkpointing")))
 
 
-class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
+class PrefixTuningModule(FrozenBackboneModule):
     def __init__(
         self,
         model: dict,
@@ -66,7 +53,6 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         # preloaded: a packed sweep (packed.py) loads the frozen LM once and hands its prefixed
         # wrapper to every job's module; each module puts its own prefix encoder on it.
         self.save_hyperparameters(ignore=["preloaded"])
-        self.strict_loading = False  # checkpoints hold no frozen-LM weights by design
         lm = load_frozen_lm(model) if preloaded is None else preloaded.lm
         self.tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
         self.task = build_task(task_name)
@@ -86,29 +72,13 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         self.prepared_predictions: dict[str, list[tuple[str, str]]] = {}
 
     # ---- parameter accounting -------------------------------------------------------------
-    def parameter_counts(self) -> dict[str, Any]:
-        lm_params = sum(p.numel() for n, p in self.prefixed.lm.named_parameters() if not _is_adapter(n))
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        if self.is_prefix_method:
-            sites = self.prefixed.prefix_encoder().sites
-            exported = sum(p.keys.numel() + p.values.numel() for p in sites.values())
-        else:
-            exported = trainable
-        return {
-            "lm_params": lm_params,
-            "trainable_params": trainable,
-            "total_params": lm_params + sum(p.numel() for n, p in self.named_parameters() if not n.startswith(_LM_PREFIX) or _is_adapter(n)),
-            "exported_params": exported,
-            "trainable_percent_of_lm": 100.0 * trainable / lm_params,
-            "exported_percent_of_lm": 100.0 * exported / lm_params,
-        }
+    def _is_added_to_backbone(self, parameter_name: str) -> bool:
+        """A parameter a method injects into the LM (LoRA, (IA)^3, bottleneck adapters): not an LM weight."""
+        return is_injected_parameter(parameter_name)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # Lightning flips everything to train(); the LM stays in eval (no dropout), with gradient
-        # checkpointing too: load_frozen_lm makes its layers checkpoint in eval mode.
-        self.prefixed.lm.eval()
-        return self
+    def _exported_count(self, trainable: int) -> int:
+        # the prefix activations for prefix methods; the trained tensors themselves otherwise
+        return self._prefix_count() if self.is_prefix_method else trainable
 
     # ---- training --------------------------------------------------------------------------
     def prefix(self, visible_from: torch.Tensor | None = None):
@@ -121,7 +91,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
             activations = with_visibility(activations, visible_from)
         return activations
 
-    def _loss(self, batch: dict) -> torch.Tensor:
+    def compute_loss(self, batch: dict) -> torch.Tensor:
         labels = batch["labels"]
         # infix: visible from the last prompt token, the one that predicts the first target token
         first_target = (labels != -100).long().argmax(dim=1)
@@ -129,19 +99,6 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         if self.is_encoder_decoder:
             return self.prefixed(batch["input_ids"], batch["attention_mask"], labels=labels, prefix=prefix).loss
         return self.prefixed.target_loss(batch["input_ids"], batch["attention_mask"], labels, prefix=prefix)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower optim.lr")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_LM_PREFIX) or k in trainable
-        }
 
     # ---- generation and evaluation ---------------------------------------------------------
     def generate_kwargs(self) -> dict:
@@ -168,7 +125,7 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         size = batch["input_ids"].shape[0]
-        loss = self._loss(batch)
+        loss = self.compute_loss(batch)
         self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
         predictions = self._prepared(stage, batch["ids"]) or self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
         zero_shot = (
@@ -214,20 +171,9 @@ class PrefixTuningModule(TrainEvalHooks, pl.LightningModule):
         self._outputs[stage] = []
 
     # ---- export ----------------------------------------------------------------------------
-    @torch.no_grad()
     def exported_prefix(self) -> ExportedPrefix:
-        activations = export_activations(self.prefixed.prefix_encoder)
-        method = self.hparams.method
-        return ExportedPrefix(
-            activations=activations,
-            geometry=PrefixGeometry(
-                self.prefixed.geometry.model_type, {n: self.prefixed.geometry.sites[n] for n in activations.sites}
-            ),
-            base_model=self.hparams.model["name_or_path"],
-            prefix_length=method["prefix_length"],
-            method=method["name"],
-            metadata={"task": self.hparams.task_name, "placement": "infix" if self.method_spec.target_only else "prefix"},
-        )
+        placement = "infix" if self.method_spec.target_only else "prefix"
+        return self._exported_prefix({"task": self.hparams.task_name, "placement": placement})
 
     def export(self, directory: Path) -> Path:
         """What a user keeps from the run: the prefix activations for prefix methods, the PEFT

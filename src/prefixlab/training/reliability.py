@@ -1,12 +1,18 @@
-"""What a run does when something goes wrong while it trains.
+"""What a run does when something goes wrong while it trains or evaluates.
 
-* SIGINT / SIGTERM (``StopOnSignal``): the current optimizer step finishes, ``last.ckpt`` is
-  written, the run stops with ``status: interrupted`` and the step; ``resume=auto`` continues.
-  A second signal stops at once.
+* SIGINT / SIGTERM (``StopOnSignal``), from the start of ``fit`` to the end of ``test``:
+  during training the current optimizer step finishes, ``last.ckpt`` is written and the run
+  stops with ``status: interrupted`` and the step (``resume=auto`` continues); during
+  evaluation ``generate()`` ends at the next decoding step and the run stops after that batch
+  (training had finished and ``last.ckpt`` holds its last step: ``resume=auto`` goes straight
+  to evaluation). A second signal stops at once: ``metrics.json`` is written, then the process
+  exits with 128 + the signal number.
 * A non-finite loss (``module.training_step`` raises FloatingPointError): the run stops with
   ``status: failed``; the last periodic checkpoint stays as it was, and the prefix exported is
   the last one whose loss was finite (``LastGoodState`` keeps a copy of the trainable
   parameters from before each optimizer step).
+* Out of memory (torch.OutOfMemoryError, MemoryError) or a full disk (ENOSPC): one line saying
+  which and what to lower or free, ``status: failed`` with ``last_checkpoint_step``.
 * Anything else: ``status: failed`` with the error, then the error propagates as before.
 
 ``metrics.json`` always says which of these happened (written atomically, like every artifact).
@@ -14,81 +20,175 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from transformers import StoppingCriteria
 
 from prefixlab.run.runs import write_results
 
 
 class RunInterrupted(Exception):
-    """Training stopped on a signal (after writing a checkpoint, if it came during training)."""
+    """The run stopped on a signal (after writing a checkpoint, if it came during training)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, during: str = "training",
+                 at_once: bool = False) -> None:
+        self.signum, self.step, self.checkpoint, self.during, self.at_once = signum, step, checkpoint, during, at_once
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where} "
+        how = "stopped at once on a second signal " if at_once else ""
+        stage = "" if during == "training" else f" during {during}"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}{stage}; {how}{where} "
                          "(continue with resume=auto and the same hydra.run.dir)")
 
 
 class RunFailed(RuntimeError):
-    """Training failed for a reason the user can act on (a non-finite loss); one line."""
+    """Training failed for a reason the user can act on (a non-finite loss, out of memory, a full disk); one line."""
+
+
+class _StopRequested(StoppingCriteria):
+    """Ends ``generate()`` at the next decoding step, for every row, once a stop was asked for."""
+
+    def __init__(self, stop: "StopOnSignal") -> None:
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stop.received is not None, dtype=torch.bool, device=input_ids.device)
 
 
 class StopOnSignal(pl.Callback):
-    """SIGINT and SIGTERM during training ask for a stop at the next optimizer-step boundary.
+    """SIGINT and SIGTERM ask for a stop at the next optimizer-step boundary in training and at
+    the next decoding step / batch boundary in evaluation; a second one stops at once.
 
-    The handlers are installed in ``on_train_start``, after Lightning installed its own
-    SIGTERM handler (which would otherwise end the run mid-accumulation without a checkpoint),
-    and the previous ones come back when training ends or fails.
+    ``listen()`` / ``stop_listening()`` hold the handlers for the whole run (also between
+    ``fit``, ``validate`` and ``test``). Lightning installs its own SIGTERM handler at the start
+    of every stage (it would end training mid-accumulation without a checkpoint, and ignore
+    SIGTERM during the last evaluation batch), so each stage's start puts ours back over it and
+    its end returns Lightning's, which Lightning then replaces by what it found (ours).
+    ``on_forced_stop`` records the run (metrics.json) before a second signal exits.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, checkpoint_path: Path) -> None:
+    def __init__(self, checkpoint_path: Path, on_forced_stop: Callable[[RunInterrupted], object] | None = None) -> None:
         self.checkpoint_path = Path(checkpoint_path)
+        self.on_forced_stop = on_forced_stop
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self.criterion = _StopRequested(self)
+        self._outer: dict[int, object] = {}  # before listen()
+        self._previous: dict[int, object] = {}  # Lightning's, during a stage
         self._step_at_batch_start = -1
+        self._saved_step: int | None = None
+        self._trainer: pl.Trainer | None = None
 
+    # ---- handlers -----------------------------------------------------------------------------
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:  # asked twice: stop now
-            self._restore()
-            raise KeyboardInterrupt
+            self._force_stop(signum)
         self.received = signum
-        print(f"\nreceived {signal.Signals(signum).name}: stopping after the current step "
+        print(f"\nreceived {signal.Signals(signum).name}: stopping after the current step or decoding step "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
+    def _force_stop(self, signum: int) -> None:
+        self._put_back(self._previous)
+        self._put_back(self._outer)
+        trainer = self._trainer
+        checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        error = RunInterrupted(signum, trainer.global_step if trainer is not None else 0, checkpoint,
+                               _stage(trainer), at_once=True)
+        try:
+            if self.on_forced_stop is not None:
+                self.on_forced_stop(error)
+        finally:  # whatever recording did: this signal means "now"
+            print(f"prefixlab-train: {error}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(128 + signum)
 
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
+    def _swap(self) -> dict[int, object]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers can only be set from the main thread
+        previous = {}
+        for signum in self.SIGNALS:
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        return previous
+
+    @staticmethod
+    def _put_back(handlers: dict[int, object]) -> None:
+        for signum, handler in handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)
-        self._previous = {}
+        handlers.clear()
+
+    def listen(self) -> None:
+        """Catch SIGINT / SIGTERM from now until ``stop_listening()`` (the whole run)."""
+        if not self._outer:
+            self._outer = self._swap()
+
+    def stop_listening(self) -> None:
+        self._put_back(self._previous)
+        self._put_back(self._outer)
+
+    def _take_over(self, trainer) -> None:
+        self._trainer = trainer
+        if not self._previous:
+            self._previous = self._swap()
+
+    def _hand_back(self) -> None:
+        self._put_back(self._previous)
+
+    # ---- stages -------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from prefixlab.engine.prefixed_model import PrefixedModel
+
+        self._trainer = trainer
+        for module in pl_module.modules():  # generate() checks it at every decoding step
+            if isinstance(module, PrefixedModel):
+                module.stopping_criteria = (self.criterion,)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._install()
+        self._take_over(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._take_over(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._take_over(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore()
+        if trainer.global_step > 0 and self._saved_step != trainer.global_step:
+            # last.ckpt at the final step: an evaluation interrupted later resumes without training again
+            trainer.save_checkpoint(self.checkpoint_path)
+        self._hand_back()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # within fit, training goes on under our handlers
+            self._hand_back()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._hand_back()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore()
+        self._hand_back()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._restore()
+        self._previous.clear()  # Lightning has put back what it found: ours, or the original ones
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_step = checkpoint.get("global_step")
+
+    # ---- where a stop happens -------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._step_at_batch_start = trainer.global_step
 
@@ -97,14 +197,43 @@ class StopOnSignal(pl.Callback):
         if self.received is not None and trainer.global_step != self._step_at_batch_start:
             self.stop(trainer)
 
+    def _stop_evaluating(self, trainer) -> None:
+        if self.received is None:
+            return
+        if trainer.state.fn == TrainerFn.FITTING:  # validation within fit: training is at a step boundary
+            self.stop(trainer)
+        checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        raise RunInterrupted(self.received, trainer.global_step, checkpoint, _stage(trainer))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_evaluating(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_evaluating(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_evaluating(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_evaluating(trainer)
+
     def stop_if_received(self, trainer: pl.Trainer) -> None:
         """After ``fit``: a signal that came after the last step still stops the run."""
         if self.received is not None:
             self.stop(trainer)
 
     def stop(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.checkpoint_path)
-        raise RunInterrupted(self.received, trainer.global_step, self.checkpoint_path)
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.checkpoint_path)
+        raise RunInterrupted(self.received, trainer.global_step, self.checkpoint_path, _stage(trainer))
+
+
+def _stage(trainer) -> str:
+    """What the trainer was doing, in words (a packed sweep passes a stand-in without a state)."""
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    if fn == TrainerFn.FITTING and getattr(trainer, "validating", False):
+        return "validation"
+    return {TrainerFn.VALIDATING: "validation", TrainerFn.TESTING: "test"}.get(fn, "training")
 
 
 class LastGoodState(pl.Callback):
@@ -144,6 +273,29 @@ class LastGoodState(pl.Callback):
         return True
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint holds (memory-mapped: no tensor is read), or None without a readable one."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # missing, truncated or foreign: the caller reports "no checkpoint"
+        return None
+
+
+def _resource_failure(error: BaseException, step: int, stage: str) -> str | None:
+    """One line for running out of memory or disk, saying what to change; None for other errors."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return (f"out of memory at step {step} during {stage}: lower task.batch_size (raise trainer.accumulate_grad_batches "
+                f"to keep the effective batch), task.eval_batch_size, task.max_source_tokens or generation.num_beams")
+    # torch.save reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file ...: file write failed")
+    disk_full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        isinstance(error, RuntimeError) and "file write failed" in str(error))
+    if disk_full:
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        return (f"no space left on device{where} at step {step} during {stage}: free disk space (or choose another "
+                f"hydra.run.dir) and continue with resume=auto")
+    return None
+
+
 def record_failure(error: BaseException, run_dir: Path, module, trainer, last_good: LastGoodState | None,
                    summary: dict, started: float) -> BaseException:
     """Write what happened to ``metrics.json``; for a non-finite loss also export the last good
@@ -153,18 +305,25 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
     run_dir = Path(run_dir)
     step = trainer.global_step if trainer is not None else 0
     checkpoint = run_dir / LAST_CHECKPOINT
-    metrics = {**summary, "step": step, "checkpoint": str(checkpoint) if checkpoint.is_file() else None}
+    saved_step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
+    metrics = {**summary, "step": step, "checkpoint": str(checkpoint) if saved_step is not None else None,
+               "last_checkpoint_step": saved_step}
+    kept = f"checkpoint {checkpoint} (step {saved_step}) kept" if saved_step is not None else "no checkpoint was written yet"
     result: BaseException = error
     if isinstance(error, RunInterrupted):
-        metrics.update(status="interrupted", signal=signal.Signals(error.signum).name)
+        metrics.update(status="interrupted", signal=signal.Signals(error.signum).name, interrupted_during=error.during,
+                       **({"stopped_at_once": True} if error.at_once else {}))
     elif isinstance(error, (KeyboardInterrupt, SystemExit)):
         # a signal outside the training steps: Lightning raises SIGTERMException (a SystemExit
         # without exit code, which would exit 0) or turns Ctrl-C into sys.exit(1)
         signum = signal.SIGTERM if type(error).__name__ == "SIGTERMException" else signal.SIGINT
         metrics.update(status="interrupted", signal=signal.Signals(signum).name)
-        result = RunInterrupted(signum, step, checkpoint if checkpoint.is_file() else None)
+        result = RunInterrupted(signum, step, checkpoint if saved_step is not None else None, _stage(trainer))
     else:
         metrics.update(status="failed", error=f"{type(error).__name__}: {error}")
+        resource = _resource_failure(error, step, _stage(trainer))
+        if resource:
+            result = RunFailed(f"{resource}; {kept}; status in {run_dir / 'metrics.json'}")
     from prefixlab.run.runs import is_global_zero
 
     writes = is_global_zero(trainer)  # the other ranks of a multi-process run only pass the error on
@@ -175,15 +334,18 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
             module.export(export_dir)
             exported = f"last good state (after {last_good.step} steps) exported to {export_dir}"
             metrics.update(exported=str(export_dir), exported_step=last_good.step)
-        kept = f"checkpoint {checkpoint} kept" if checkpoint.is_file() else "no checkpoint was written yet"
         result = RunFailed(f"{error}; {exported or 'nothing exported (no finite step)'}; {kept}; "
                            f"status in {run_dir / 'metrics.json'}")
     metrics["runtime_s"] = round(time.time() - started, 1)
     try:
         if writes:
             write_results(run_dir, metrics, None)
-    except OSError as write_error:  # the original error matters more
-        print(f"prefixlab-train: could not write {run_dir / 'metrics.json'}: {write_error}", file=sys.stderr)
+    except OSError as write_error:  # the original error matters more: say it in the same line
+        note = f"{run_dir / 'metrics.json'} could not be written ({write_error}) and may describe an earlier run"
+        if isinstance(result, RunFailed):
+            result = RunFailed(f"{result}; {note}")
+        else:
+            print(f"could not write status: {note}", file=sys.stderr)
     return result
 
 

@@ -6,7 +6,7 @@ that decides the next step comes back: the trainable parameters, AdamW and sched
 data (``ResumableSampler``: the order of an epoch is a pure function of seed and epoch,
 and the batches an interrupted epoch already consumed are skipped).
 
-Checkpoints are written atomically (``runs.AtomicCheckpointIO``), so a run killed while saving
+Checkpoints are written atomically (``run/trainer.AtomicCheckpointIO``), so a run killed while saving
 keeps its previous ``last.ckpt``; ``read_checkpoint`` turns a truncated file, a foreign one,
 or one from another method or model into one ``CheckpointError`` before training starts.
 A checkpoint is data: it is loaded with ``weights_only=True``, so a pickle that would build
@@ -15,22 +15,29 @@ arbitrary objects or call functions is refused (and reported as such), never run
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
 
-from prefixlab.data.datamodule import TaskDataModule
+# where in the data: data/resumable.py and data/datamodule.py; re-exported for the callers that
+# import them from here (packed sweeps, tests)
+from prefixlab.data.datamodule import ResumableDataModule  # noqa: F401
+from prefixlab.data.resumable import ResumableDataLoader, ResumableSampler  # noqa: F401
 from prefixlab.methods import checkpoint_keys
+from prefixlab.training import resume_settings
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-_LM_PREFIX = "prefixed.lm."
 
 
 class CheckpointError(ValueError):
     """A checkpoint to resume from is missing, unreadable, or made by another run setup."""
+
+
+class ResumeSettingsError(CheckpointError):
+    """A resume whose result-changing settings differ from its checkpoint's (``resume_settings``)."""
 
 
 # ---- which checkpoint ----------------------------------------------------------------------
@@ -133,10 +140,14 @@ def _refused_globals(path: Path) -> list[str]:
     return sorted(refused, key=lambda n: n.startswith("torch."))  # a foreign module first: the likely payload
 
 
-def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> dict[str, Any]:
+def read_checkpoint(path: Path, model: dict, method: dict, task_name: str, settings: dict | None = None,
+                    allow: Sequence[str] = ()) -> dict[str, Any]:
     """Load ``path`` and check that it is a prefixlab training checkpoint for this model, method
-    and task. Returns {"global_step", "shapes": {name: shape of each saved trainable tensor}}.
-    Raises CheckpointError naming the file and what is wrong."""
+    and task, and (given ``settings``, ``resume_settings.result_settings`` of this run) that every
+    result-changing setting matches the checkpoint's, except the keys in ``allow``.
+    Returns {"global_step", "shapes": {name: shape of each saved trainable tensor},
+    "changes": {key: [checkpoint's value, this run's]} of the allowed keys that differ}.
+    Raises CheckpointError naming the file and what is wrong (ResumeSettingsError: every differing key)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the run that wrote it was killed while saving")
@@ -170,28 +181,36 @@ def read_checkpoint(path: Path, model: dict, method: dict, task_name: str) -> di
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a prefixlab training checkpoint (it lacks {', '.join(missing)})")
     saved = checkpoint["hyper_parameters"]
+    if saved.get("task_name") != task_name:
+        raise CheckpointError(f"checkpoint {path} was made for task {saved.get('task_name')!r}, this run is {task_name!r}")
     current = {"model": model, "method": method}
-    for group, keys in {**_MUST_MATCH, "method": checkpoint_keys()}.items():
+    differing = {}  # key -> (checkpoint's value, this run's); all of them go into one error
+    for group, keys in {**_MUST_MATCH, "method": checkpoint_keys(method.get("name"))}.items():  # the trainable state's shape
         for key in keys:
             was, now = saved.get(group, {}).get(key), current[group].get(key)
             if was != now:
-                raise CheckpointError(
-                    f"checkpoint {path} was made with {group}.{key}={was!r}, this run has {group}.{key}={now!r}; "
-                    "resume with the same model and method, or start fresh (resume=null)"
-                )
-    if saved.get("task_name") != task_name:
-        raise CheckpointError(f"checkpoint {path} was made for task {saved.get('task_name')!r}, this run is {task_name!r}")
+                differing[f"{group}.{key}"] = (was, now)
+    if settings is not None:
+        recorded = checkpoint.get(resume_settings.SETTINGS_KEY)
+        if isinstance(recorded, dict):
+            differing.update({k: v for k, v in resume_settings.differences(recorded, settings).items() if k not in differing})
+        else:
+            print(f"prefixlab-train: warning: checkpoint {path} records no run settings (written before prefixlab "
+                  "recorded them): only its model, method and task are checked, not optim, seed, data sizes or trainer",
+                  file=sys.stderr)
+    refused = {key: values for key, values in differing.items() if key not in allow}
+    if refused:
+        raise ResumeSettingsError(resume_settings.refusal(path, refused))
     shapes = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
-    return {"global_step": int(checkpoint["global_step"]), "shapes": shapes}
+    changes = {key: [was, now] for key, (was, now) in differing.items()}
+    return {"global_step": int(checkpoint["global_step"]), "shapes": shapes, "changes": changes}
 
 
 def check_trainable_state(path: Path, saved_shapes: dict[str, tuple], module: torch.nn.Module) -> None:
-    """The checkpoint holds exactly the module's trainable tensors, with the same shapes (what
-    ``on_save_checkpoint`` keeps), so loading it cannot fail halfway with a torch traceback."""
-    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    expected = {
-        name: tuple(t.shape) for name, t in module.state_dict().items() if not name.startswith(_LM_PREFIX) or name in trainable
-    }
+    """The checkpoint holds exactly the module's checkpoint state, with the same shapes (its
+    ``state_dict``: trainable tensors and the prefix encoder, never frozen backbone weights,
+    ``FrozenBackboneModule.state_dict``), so loading it cannot fail halfway with a torch traceback."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     absent = sorted(set(expected) - set(saved_shapes))
     foreign = sorted(set(saved_shapes) - set(expected))
     wrong = sorted(n for n in set(expected) & set(saved_shapes) if expected[n] != saved_shapes[n])
@@ -204,95 +223,3 @@ def check_trainable_state(path: Path, saved_shapes: dict[str, tuple], module: to
         if wrong:
             parts.append("; ".join(f"{n} is {list(saved_shapes[n])}, the model needs {list(expected[n])}" for n in wrong[:3]))
         raise CheckpointError(f"checkpoint {path} does not fit this model: {'; '.join(parts)}")
-
-
-# ---- where in the data -------------------------------------------------------------------
-class ResumableSampler(Sampler[int]):
-    """The shuffled order of an epoch, a pure function of (seed, epoch).
-
-    It is the order the stock ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    gives under Lightning (a test checks it over several epochs), so results did not change:
-    per epoch that loader's generator draws one int64 (the loader's base seed) and one
-    permutation, and a second, unused permutation when the epoch ends on a short batch (the
-    batch sampler then runs the sampler to its end, which draws the next permutation).
-    Lightning calls ``set_epoch``; ``resume_at`` skips what an interrupted epoch already consumed.
-    """
-
-    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
-        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
-        self.epoch = 0
-        self.consumed = 0  # examples of the current epoch handed out so far
-        self._resume: tuple[int, int] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume_at(self, epoch: int, consumed: int) -> None:
-        self._resume = (epoch, consumed)
-
-    def order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed)
-        for _ in range(epoch):
-            torch.empty((), dtype=torch.int64).random_(generator=generator)
-            torch.randperm(self.num_examples, generator=generator)
-            if self.num_examples % self.batch_size:
-                torch.randperm(self.num_examples, generator=generator)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        return torch.randperm(self.num_examples, generator=generator).tolist()
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    def __iter__(self) -> Iterator[int]:
-        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
-        self._resume = None
-        self.consumed = skip
-        for index in self.order(self.epoch)[skip:]:
-            # counted before it is handed out: a checkpoint saved while its batch trains counts it
-            self.consumed += 1
-            yield index
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in the checkpoint (``state_dict`` and
-    ``load_state_dict`` make it "stateful" for the fit loop). Single process only: worker
-    processes would run the sampler ahead of training."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, collate_fn) -> None:
-        super().__init__(
-            dataset,
-            batch_size=batch_size,
-            sampler=ResumableSampler(len(dataset), batch_size, seed),
-            collate_fn=collate_fn,
-            generator=torch.Generator(),  # keeps the loader's base-seed draws off the global RNG
-        )
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at(int(state["epoch"]), int(state["consumed"]))
-
-
-class ResumableDataModule(TaskDataModule):
-    """``TaskDataModule`` with a training order that resumes mid-epoch (same batches, same order)."""
-
-    @classmethod
-    def for_run(cls, settings, is_encoder_decoder: bool) -> "ResumableDataModule":
-        """A run's datamodule from its typed config (``TrainConfig``): single runs and packed
-        sweeps build it here, so a job's data is the same whichever way it runs."""
-        from prefixlab.tasks import task_options
-
-        task = settings.task
-        return cls(
-            task.name, settings.model.name_or_path, task.prompt_style, task.max_source_tokens, task.max_target_tokens,
-            task.train_size, task.val_size, task.test_size, task.subset_seed, task.batch_size, task.eval_batch_size,
-            seed=settings.seed, is_encoder_decoder=is_encoder_decoder, task_options=task_options(task),
-            trust_remote_code=settings.model.trust_remote_code,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        stock = super().train_dataloader()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return stock  # Lightning shards the stock loader with a DistributedSampler
-        return ResumableDataLoader(stock.dataset, stock.batch_size, self.hparams.seed, stock.collate_fn)

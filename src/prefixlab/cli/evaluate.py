@@ -1,0 +1,120 @@
+"""prefixlab-eval: score a checkpoint, an exported prefix or the bare model on a task split, without training.
+
+    prefixlab-eval eval.source=outputs/<run>/checkpoints/last.ckpt            # the run's task, test split
+    prefixlab-eval eval.source=outputs/<run>/prefix task=e2e eval.split=validation
+    prefixlab-eval eval.source=path/to/peft_adapter model.name_or_path=gpt2
+    prefixlab-eval task=e2e                                                    # the bare model (zero-shot)
+    prefixlab-eval -m eval.source=runs/a/prefix,runs/b/prefix generation.num_beams=1,5   # a sweep
+
+A Hydra app composed like ``prefixlab-train`` (model, task, generation, trainer, logger, scale,
+experiment), plus ``eval.source`` and ``eval.split``. It writes ``metrics.json`` (the split's
+metrics, what was evaluated and, for a checkpoint, its step) and ``predictions.jsonl`` into its
+own run folder (``outputs/eval/...``; a sweep: ``multirun/eval/...``), so ``prefixlab-report``
+reads an evaluation sweep as it reads a training sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from prefixlab.config import EvalConfig, register_configs, validate
+
+register_configs()
+OmegaConf.register_new_resolver("pid", lambda: __import__("os").getpid(), replace=True, use_cache=True)
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    settings: EvalConfig = OmegaConf.to_object(cfg)
+    validate(settings)
+    from prefixlab.training.evaluation import SPLITS, EvaluationSourceError, describe_source
+
+    if settings.eval.split not in SPLITS:
+        raise EvaluationSourceError(f"eval.split={settings.eval.split!r}: one of {', '.join(SPLITS)}")
+    source = describe_source(settings.eval.source)  # small files only: a bad source fails before any weights load
+    import pytorch_lightning as pl
+
+    from prefixlab.run.runs import build_logger, build_trainer, check_writable, finish_logger, write_results
+    from prefixlab.training.encoder_module import is_encoder_model
+    from prefixlab.training.evaluation import build_encoder_module, build_lm_module, check_model_matches, metrics_record
+    from prefixlab.training.model_loading import load_config
+    from prefixlab.training.reliability import record_failure
+    from prefixlab.training.resume import ResumableDataModule
+
+    check_writable(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if source.kind == "checkpoint":  # the model the checkpoint was trained on, whatever model= says
+        resolved["model"] = {**resolved["model"], **source.hyper_parameters["model"]}
+        settings.model.name_or_path = resolved["model"]["name_or_path"]
+    check_model_matches(source, settings.model.name_or_path)
+    model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)
+    started = time.time()
+    pl.seed_everything(settings.seed, workers=True)
+    if is_encoder_model(model_config):
+        datamodule, module = build_encoder_module(source, settings, resolved)
+    else:
+        datamodule = ResumableDataModule.for_run(settings, bool(model_config.is_encoder_decoder))
+        datamodule.setup("fit")  # data errors before the LM loads
+        module = build_lm_module(source, resolved, settings.task.name, settings.eval_zero_shot)
+    counts = module.parameter_counts()
+    logger = build_logger(settings.logger, run_dir, f"eval-{settings.task.name}-{source.kind}", resolved)
+    trainer = None
+    try:
+        trainer = build_trainer(settings.trainer, logger, run_dir)
+        split, stage = settings.eval.split, None
+        if split == "validation":
+            stage_metrics, stage = trainer.validate(module, datamodule=datamodule)[0], "val"
+        else:
+            stage_metrics, stage = trainer.test(module, datamodule=datamodule)[0], "test"
+        metrics = metrics_record(source, split, stage_metrics, counts, started)
+        write_results(run_dir, metrics, module.last_predictions.get(stage))
+    except BaseException as error:
+        raise record_failure(error, run_dir, module, trainer, None, {"evaluated": str(source.path)}, started)
+    finally:
+        finish_logger(logger, run_dir / "metrics.json")
+    print(f"results: {run_dir} (metrics.json, predictions.jsonl)")
+    return metrics
+
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def hydra_main(cfg: DictConfig) -> float:
+    from hydra.types import RunMode
+
+    from prefixlab.errors import USER_ERRORS
+    from prefixlab.run.folder_lock import RunFolderLock
+    from prefixlab.training.evaluation import EvaluationSourceError
+    from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with RunFolderLock(run_dir):
+            metrics = evaluate(cfg, run_dir)
+    except RunInterrupted as stop:
+        print(f"prefixlab-eval: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except (RunFailed, EvaluationSourceError, *USER_ERRORS) as error:
+        if not isinstance(error, RunFailed):
+            record_input_error(error, run_dir)
+        line = f"prefixlab-eval: error: {error}"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(line, file=sys.stderr)
+            return float("nan")
+        sys.exit(line)
+    stage = "val" if cfg.eval.split == "validation" else "test"
+    return metrics.get(f"{stage}/{cfg.task.primary_metric}", float("nan"))
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The jobs of a ``launcher=joblib`` sweep, each in its own process, ``n_jobs`` at a time.
+
+Hydra's joblib launcher runs jobs in a pool of loky workers: when one worker is killed from
+outside (the OOM killer, ``kill -9``), loky breaks the whole pool, the sibling job dies with it
+and the sweep ends in a TerminatedWorkerError. Here joblib's threads only wait: each job is a
+``python -m prefixlab.sweeps.joblib_sweep`` process of its own, given its Hydra state in a
+(cloud)pickle file and handing back its ``JobReturn`` the same way. A job that ends without
+handing one back (killed by a signal, or exited) gets ``status: killed`` in its metrics.json
+(when it left no final status there) and returns NaN like any failed job, and the summary
+printed at the end of the sweep names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = ("completed", "failed", "interrupted", "killed")
+
+
+def _n_jobs(requested: Any) -> int:
+    """joblib's meaning of n_jobs: a positive count, or -1 for all cores, -2 for all but one..."""
+    n = int(requested if requested is not None else -1)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
+
+
+def _how_it_ended(returncode: int) -> tuple[str, str | None]:
+    """('killed by SIGKILL', 'SIGKILL') for a process a signal ended, ('exited with code 3', None) otherwise."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}", name
+    return f"exited with code {returncode} without a result", None
+
+
+def _record_killed(job_dir: Path | None, ended: str, signal_name: str | None) -> None:
+    """``status: killed`` in the job's metrics.json, unless the job wrote a final status itself."""
+    if job_dir is None or not job_dir.is_dir():
+        return
+    from prefixlab.run.artifacts import atomic_write_json
+    from prefixlab.training.reliability import checkpoint_step
+    from prefixlab.training.resume import LAST_CHECKPOINT
+
+    metrics_path = job_dir / "metrics.json"
+    try:
+        if json.loads(metrics_path.read_text()).get("status") in FINAL_STATUSES:
+            return
+    except (OSError, ValueError):
+        pass  # none yet, or cut short: replace it
+    checkpoint = job_dir / LAST_CHECKPOINT
+    saved = checkpoint_step(checkpoint) if checkpoint.is_file() else None
+    atomic_write_json(metrics_path, {
+        "status": "killed", "signal": signal_name, "error": f"the job's process was {ended} (out of memory? see dmesg)",
+        "checkpoint": str(checkpoint) if saved is not None else None, "last_checkpoint_step": saved})
+
+
+def _killed_return(overrides: Sequence[str], job_dir: Path | None):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    return JobReturn(overrides=list(overrides), working_dir=str(job_dir) if job_dir else None, task_name="train",
+                     status=JobStatus.COMPLETED, _return_value=float("nan"))  # NaN: as any failed job of a sweep
+
+
+def _run_in_own_process(idx: int, overrides: Sequence[str], state: tuple, work: Path):
+    import cloudpickle  # what joblib (loky) pickles jobs with: functions defined in __main__ too
+
+    payload, result, where = work / f"{idx}.in", work / f"{idx}.out", work / f"{idx}.dir"
+    payload.write_bytes(cloudpickle.dumps((idx, list(overrides), *state)))
+    done = subprocess.run([sys.executable, "-m", "prefixlab.sweeps.joblib_sweep", str(payload), str(result), str(where)])
+    job_dir = Path(where.read_text()) if where.is_file() else None
+    if result.is_file():
+        return cloudpickle.loads(result.read_bytes()), job_dir
+    ended, signal_name = _how_it_ended(done.returncode)
+    _record_killed(job_dir, ended, signal_name)
+    print(f"prefixlab-train: sweep job #{idx} {ended}, in {job_dir}; the other jobs go on", file=sys.stderr, flush=True)
+    return _killed_return(overrides, job_dir), job_dir
+
+
+def _swept(job_overrides: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each job's overrides that differ between jobs (all of them for a sweep of one)."""
+    values: dict[str, set[str]] = {}
+    for overrides in job_overrides:
+        for override in overrides:
+            values.setdefault(override.split("=", 1)[0], set()).add(override)
+    varying = {key for key, seen in values.items() if len(seen) > 1} or set(values)
+    return [[o for o in overrides if o.split("=", 1)[0] in varying] for overrides in job_overrides]
+
+
+def summary_lines(jobs: list[tuple[int, Sequence[str], Path | None]]) -> list[str]:
+    """One line for the sweep and one per job that did not complete: number, overrides, status, folder."""
+    statuses = []
+    for idx, overrides, job_dir in jobs:
+        try:
+            status = json.loads((Path(job_dir) / "metrics.json").read_text()).get("status", "unknown")
+        except (OSError, ValueError, TypeError):
+            status = "no metrics.json"
+        statuses.append((idx, overrides, job_dir, status))
+    counts: dict[str, int] = {}
+    for *_, status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    lines = [f"sweep summary: {len(jobs)} jobs, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    lines += [f"  job #{idx} ({' '.join(overrides)}): {status}, in {job_dir}"
+              for idx, overrides, job_dir, status in statuses if status != "completed"]
+    return lines
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import configure_log, filter_overrides, setup_globals
+    from joblib import Parallel, delayed
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    n_jobs = _n_jobs(launcher.joblib.get("n_jobs"))
+    log.info(f"Joblib.Parallel(n_jobs={n_jobs}, backend=threading) is launching {len(job_overrides)} jobs, each in its "
+             f"own process; sweep output dir: {sweep_dir}")
+    for idx, overrides in enumerate(job_overrides):
+        log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
+    state = (launcher.hydra_context, launcher.config, launcher.task_function, Singleton.get_state())
+    work = Path(tempfile.mkdtemp(prefix=".joblib-", dir=sweep_dir))
+    try:
+        # threads only wait for the job processes: a job that dies takes nothing else with it
+        ended = Parallel(n_jobs=n_jobs, backend="threading")(
+            delayed(_run_in_own_process)(initial_job_idx + idx, overrides, state, work)
+            for idx, overrides in enumerate(job_overrides))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    runs = [run for run, _ in ended]
+    lines = summary_lines([(initial_job_idx + idx, swept, job_dir)
+                           for idx, (swept, (_, job_dir)) in enumerate(zip(_swept(job_overrides), ended))])
+    print("\n".join(lines), file=sys.stderr if len(lines) > 1 else sys.stdout, flush=True)
+    return runs
+
+
+def _job_main(payload: Path, result: Path, where: Path) -> None:
+    """One job, as Hydra's joblib worker runs it (``execute_job``), in this fresh process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import run_job, setup_globals
+    import cloudpickle  # what joblib (loky) pickles jobs with: functions defined in __main__ too
+    from omegaconf import OmegaConf, open_dict
+
+    idx, overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload.read_bytes())
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    # the folder run_job will use, for the launcher to find if this process dies
+    where.write_text(os.path.join(str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
+                                  str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))))
+    ret = run_job(hydra_context=hydra_context, config=sweep_config, task_function=task_function,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    partial = result.with_suffix(".partial")
+    partial.write_bytes(cloudpickle.dumps(ret))
+    partial.replace(result)  # whole or not at all
+
+
+if __name__ == "__main__":
+    _job_main(*(Path(a) for a in sys.argv[1:4]))

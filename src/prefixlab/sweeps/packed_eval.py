@@ -1,0 +1,132 @@
+"""After a pack trains: every job's evaluation examples generated together, then each job's
+validation, test, export and result files, written exactly as a single run writes them.
+
+The generation is shared (``generate_for_all_jobs``: mixed-prefix batches, each row with its own
+job's prefix); scoring, logging and export stay each job's own (its ``PrefixTuningModule`` under
+its own Trainer and logger, one W&B run at a time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+from prefixlab.methods import get_method
+
+EVAL_STAGES = (("val", "validation"), ("test", "test"))  # the module's stage name, the datamodule's split
+
+
+@torch.no_grad()
+def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
+    """Every job's validation and test predictions, generated in mixed-prefix batches.
+
+    A single run generates its evaluation examples batch by batch with its own prefix; here the
+    examples of all jobs with the same generation settings are sorted by prompt length (less
+    padding) and generated together, each row with its own job's prefix (``stack_prefixes``;
+    an infix job's rows see theirs from the last prompt token on, as in ``generate_text``), in
+    batches as large as the jobs' evaluation batches together (one ``generate_mixed`` call per
+    batch). Small decoding batches leave a GPU idle, and on a CPU, too, fewer larger batches
+    took less time than the jobs' own batches (``bench/``; README, Benchmarks). Every row
+    equals its job generating it alone (tested); the predictions go to each job's module
+    (``prepared_predictions``), whose validate/test then score them. Returns how many
+    generate() calls were made.
+    """
+    from prefixlab.engine.mixing import generate_mixed
+
+    groups: dict[str, list] = {}
+    for r in running:
+        if r.error is None:
+            groups.setdefault(json.dumps(r.module.hparams.generation, sort_keys=True), []).append(r)
+    calls = 0
+    for members in groups.values():
+        tokenizer, generate_kwargs = members[0].module.tokenizer, members[0].module.generate_kwargs()
+        prefixes = {}
+        for r in members:  # as evaluation sees it: eval mode (no dropout), computed once
+            was_training = r.encoder.training
+            r.encoder.eval()
+            prefixes[r.index] = r.encoder().detached()
+            r.encoder.train(was_training)
+        rows = [(r, stage, position, encoded.prompt_ids)
+                for r in members for stage, split in EVAL_STAGES
+                for position, encoded in enumerate(r.datamodule.splits[split])]
+        rows.sort(key=lambda row: len(row[3]))
+        rows_per_batch = sum(r.job.settings.task.eval_batch_size for r in members)
+        outputs: dict[tuple[int, str, int], str] = {}
+        for start in range(0, len(rows), rows_per_batch):
+            chunk = rows[start : start + rows_per_batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                new_tokens = generate_mixed(
+                    shared, [list(row[3]) for row in chunk], [prefixes[r.index] for r, *_ in chunk],
+                    pad_token_id=tokenizer.pad_token_id,
+                    infix_rows=[get_method(r.job.settings.method.name).target_only for r, *_ in chunk], **generate_kwargs,
+                )
+            calls += 1
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for (r, stage, position, _), text in zip(chunk, texts):
+                outputs[(r.index, stage, position)] = text.strip()
+        for r in members:
+            r.module.prepared_predictions = {
+                stage: [(encoded.example.id, outputs[(r.index, stage, position)])
+                        for position, encoded in enumerate(r.datamodule.splits[split])]
+                for stage, split in EVAL_STAGES
+            }
+    return calls
+
+
+
+def finish_job(r, shared, started: float, packed_jobs: int) -> dict:
+    """Log the job's training curve, then evaluate, export and write its results, as ``train.train``
+    does; a job that diverged during training (recorded then, ``PackedPrefixModule``) only logs."""
+    from prefixlab.training.reliability import record_failure
+    from prefixlab.run.runs import build_logger, build_trainer, finish_logger, logger_callbacks, wandb_tags, write_results
+
+    settings, run_dir = r.job.settings, r.job.run_dir
+    shared.prefix_encoder = r.encoder  # the shared wrapper serves one job's module at a time
+    summary = {"run_name": settings.run_name, **r.counts}
+    tags = wandb_tags(settings.task.name, settings.model.name_or_path, settings.model.random_init,
+                      settings.method.name, settings.logger.tags)
+    logger = None
+    try:
+        logger = build_logger(settings.logger, run_dir, settings.run_name, r.job.resolved, **r.job.logger_identity,
+                              tags=tags, parameter_counts=r.counts)
+        every = settings.trainer.log_every_n_steps
+        for step, values in r.log:
+            if (step + 1) % every == 0:
+                logger.log_metrics(values, step=step)
+        if r.error is not None:
+            return json.loads((run_dir / "metrics.json").read_text())
+        # validate/test only: one device, whatever trainer.devices says (packing_problem allows auto or 1)
+        trainer = build_trainer(dataclasses.replace(settings.trainer, devices="1"), logger, run_dir,
+                                callbacks=logger_callbacks(settings.logger))
+        # evaluation metrics are logged at the step training ended, as in a single run (whose
+        # validate runs on the Trainer that trained); the pack trained on another Trainer
+        trainer.fit_loop.epoch_loop._batches_that_stepped = r.step
+        val_metrics = trainer.validate(r.module, datamodule=r.datamodule)[0]
+        test_metrics = trainer.test(r.module, datamodule=r.datamodule)[0]
+        r.module.export(run_dir / "prefix")
+        metrics = {
+            "status": "completed",
+            "run_name": settings.run_name,
+            "steps": r.step,
+            "packed_jobs": packed_jobs,
+            **({"resumed_at_step": r.resumed_at} if r.resumed_at is not None else {}),
+            **r.counts,
+            **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
+            "runtime_s": round(time.time() - started, 1),
+        }
+        write_results(run_dir, metrics, r.module.last_predictions.get("test"))
+        print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
+        return metrics
+    except Exception as error:  # this job failed; the pack's other jobs are unaffected
+        # the step this job's training ended at (its evaluation Trainer never trained)
+        at = SimpleNamespace(global_step=r.step, is_global_zero=True)
+        outcome = record_failure(error, run_dir, r.module, at, None, summary, started)
+        print(f"prefixlab-train: error: [{run_dir}] {outcome}", file=sys.stderr)
+        return json.loads((run_dir / "metrics.json").read_text())
+    finally:
+        finish_logger(logger, run_dir / "metrics.json")

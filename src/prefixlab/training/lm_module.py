@@ -68,7 +68,7 @@ class PrefixTuningModule(FrozenBackboneModule):
         self._outputs: dict[str, list[dict]] = {}
         # stage -> [(example id, prediction)] in dataset order, generated beforehand for this
         # module (a packed sweep generates all its jobs' predictions in mixed-prefix batches:
-        # packed.generate_for_all_jobs); empty: evaluation generates batch by batch.
+        # packed_eval.generate_for_all_jobs); empty: evaluation generates batch by batch.
         self.prepared_predictions: dict[str, list[tuple[str, str]]] = {}
 
     # ---- parameter accounting -------------------------------------------------------------

@@ -63,7 +63,10 @@ def run_in_process(monkeypatch, args) -> str:
     from prefixlab.cli import train
 
     GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["prefixlab-train", *args])
+    # Hydra's job logging calls logging.config.dictConfig, which closes every handler there is,
+    # pytest's own among them: every later test in this process would then fail on a closed file
+    logging = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["prefixlab-train", *args, *logging])
     try:
         train.main()
     except SystemExit as exit_:

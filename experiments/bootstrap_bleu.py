@@ -1,42 +1,46 @@
-"""Bootstrap each job's test BLEU (the E2E script's: mteval-v13a, prefixlab.tasks.scoring.mteval) over its test examples (95% interval, 1,000 resamples, seed 0) and
-paired differences: against one reference job, or for named pairs of jobs (same resamples, so the
-test inputs' difficulty cancels out).
+"""Bootstrap each job's test metric over its test inputs (95% interval, 1,000 resamples, seed 0) and
+paired differences: against one reference job, or for named pairs of jobs. Rows are matched by
+input id (never by row position), so both jobs must have scored the same test set; the same
+resampled inputs serve both jobs, so the inputs' difficulty cancels out
+(``prefixlab.sweeps.significance``; BLEU is the E2E script's, mteval-v13a).
 
-usage: python experiments/bootstrap_bleu.py <sweep dir> [reference job]
-       python experiments/bootstrap_bleu.py <sweep dir> <job>:<reference job> [<job>:<reference job> ...]"""
-import json, random, sys
+usage: python experiments/bootstrap_bleu.py <sweep dir> [reference job] [--metric bleu]
+       python experiments/bootstrap_bleu.py <sweep dir> <job>:<reference job> [<job>:<reference job> ...] [--metric rougeL]
+
+For the paper's claims with verdicts, see ``prefixlab-report --scorecard experiments/``."""
+import argparse
+import sys
 from pathlib import Path
-from prefixlab.tasks.scoring.mteval import bleu_counts, bleu_of_counts
 
-sweep = Path(sys.argv[1])
-jobs = {}
-for d in sorted(p for p in sweep.iterdir() if (p / "predictions.jsonl").is_file()):
-    rows = [json.loads(l) for l in (d / "predictions.jsonl").read_text().splitlines()]
-    jobs[d.name] = rows
+from prefixlab.sweeps.significance import METRICS, SignificanceError, interval, paired_difference, read_predictions
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("sweep", type=Path, help="a sweep folder (multirun/experiments/<name>/<timestamp>)")
+parser.add_argument("pairs", nargs="*", help="a reference job, or <job>:<reference job> pairs")
+parser.add_argument("--metric", default="bleu", choices=sorted(METRICS))
+parser.add_argument("--resamples", type=int, default=1000)
+args = parser.parse_args()
+
+jobs = {d.name: d for d in sorted(p for p in args.sweep.iterdir() if (p / "predictions.jsonl").is_file())} if args.sweep.is_dir() else {}
 if not jobs:
-    sys.exit(f"no job folder with predictions.jsonl under {sweep}: give the sweep folder (multirun/experiments/<name>/<timestamp>)")
-if len(sys.argv) > 2 and ":" in sys.argv[2]:
-    pairs = [tuple(arg.split(":", 1)) for arg in sys.argv[2:]]
-elif len(sys.argv) > 2:
-    pairs = [(name, sys.argv[2]) for name in jobs if name != sys.argv[2]]
+    sys.exit(f"no job folder with predictions.jsonl under {args.sweep}: give the sweep folder (multirun/experiments/<name>/<timestamp>)")
+if args.pairs and ":" in args.pairs[0]:
+    pairs = [tuple(arg.split(":", 1)) for arg in args.pairs]
+elif args.pairs:
+    pairs = [(name, args.pairs[0]) for name in jobs if name != args.pairs[0]]
 else:
     pairs = []
 missing = sorted({name for pair in pairs for name in pair} - set(jobs))
 if missing:
-    sys.exit(f"no predictions for job(s) {missing} under {sweep}; jobs found: {sorted(jobs)}")
-sizes = {len(rows) for rows in jobs.values()}
-if len(sizes) != 1:
-    sys.exit(f"jobs have different numbers of test predictions {sorted(sizes)}: a paired bootstrap needs the same test inputs")
-n = sizes.pop()
-rng = random.Random(0)
-samples = [[rng.randrange(n) for _ in range(n)] for _ in range(1000)]
-stats = {}
-for name, rows in jobs.items():
-    # BLEU's corpus statistics are sums over outputs: count each output once, resample the counts
-    counts = bleu_counts([r["prediction"] for r in rows], [tuple(r["references"]) for r in rows])
-    stats[name] = [100 * bleu_of_counts(counts)] + [100 * bleu_of_counts([counts[i] for i in s]) for s in samples]
-    values = sorted(stats[name][1:])
-    print(f"{name}: BLEU {stats[name][0]:.1f}  95% [{values[25]:.1f}, {values[974]:.1f}]  (n={n})")
-for name, ref in pairs:
-    diffs = sorted(a - b for a, b in zip(stats[name][1:], stats[ref][1:]))
-    print(f"{name} - {ref}: {stats[name][0]-stats[ref][0]:+.1f}  95% [{diffs[25]:+.1f}, {diffs[974]:+.1f}]")
+    sys.exit(f"no predictions for job(s) {missing} under {args.sweep}; jobs found: {sorted(jobs)}")
+try:
+    runs = {name: read_predictions(path) for name, path in jobs.items()}
+    for name, run in runs.items():
+        e = interval(run, args.metric, resamples=args.resamples)
+        print(f"{name}: {args.metric} {e.value:.1f}  95% [{e.ci_low:.1f}, {e.ci_high:.1f}]  (n={e.n_test})")
+    for name, ref in pairs:
+        e = paired_difference(runs[name], runs[ref], args.metric, resamples=args.resamples)
+        print(f"{name} - {ref}: {e.value:+.1f}  95% [{e.ci_low:+.1f}, {e.ci_high:+.1f}]  p={e.p_value:.3f}  "
+              f"(n={e.n_test}; differences below {e.mde:.1f} are detected with less than 80% power)")
+except SignificanceError as error:
+    sys.exit(f"bootstrap_bleu.py: error: {error}")

@@ -20,22 +20,6 @@ import torch
 torch.set_num_threads(1)
 
 
-# Tests that start processes but whose files (owned by others while issue 17 is worked on) do not
-# carry the marker yet: they get it here so that `make test-fast` skips them. Move each marker into
-# its test file, then drop the line.
-_CLI_MARKER_OWED = {
-    "tests/reliability/test_folder_lock.py::test_a_locked_folder_is_refused_naming_the_owner_and_a_dead_owners_lock_is_taken_over",
-    "tests/reliability/test_atomic_artifacts.py::test_sigkill_during_a_large_write_leaves_the_old_file",
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid in _CLI_MARKER_OWED:
-            item.add_marker(pytest.mark.cli)
-
-
 def pytest_sessionstart(session):
     """Under pytest-xdist (`make test`, `make test-fast`), each worker makes sure of the converted
     SmolLM2 here, one at a time: on a fresh machine two workers would otherwise both dequantize it on

@@ -19,7 +19,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 
@@ -27,7 +27,9 @@ from prefixlab.methods import MethodOptions, get_method, method_names, option_sc
 from prefixlab.tasks.base import TaskOptions
 from prefixlab.training.model_loading import SMOLLM2
 
-LOGGERS = ("csv", "wandb")
+# Each logger is a switch (logger.<name>: true), so that `logger=[csv,tensorboard]` (a list of
+# conf/logger options, each setting its own switch) merges into one config with both on.
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 
 
 class ConfigError(ValueError):
@@ -62,9 +64,20 @@ class OptimConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Lightning's EarlyStopping on ``optimized_metric`` (a val/ metric; its direction from
+    tasks/scoring/directions.py), checked at every periodic validation (trainer.val_check_interval)."""
+    enabled: bool = field(default=False, metadata={"help": "stop training when optimized_metric has not improved for `patience` validations (needs trainer.val_check_interval)"})
+    patience: int = field(default=3, metadata={"help": "validations in a row without improvement before training stops (>= 1)"})
+    min_delta: float = field(default=0.0, metadata={"help": "the least change of the metric, in its own units, that counts as an improvement (>= 0)"})
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = field(default=80, metadata={"help": "optimizer steps (the bounded CPU default)"})
     val_check_interval: Optional[int] = field(default=None, metadata={"help": "validate every N steps (None: at end)"})
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig,
+                                                metadata={"help": "trainer.early_stopping.{enabled,patience,min_delta}"})
     accelerator: str = "auto"
     devices: str = "auto"
     precision: str = "32-true"
@@ -82,17 +95,46 @@ class TrainerConfig:
                           "conf/trainer/ddp.yaml, fsdp.yaml, ddp_cpu.yaml)"},
     )
     num_nodes: int = field(default=1, metadata={"help": "machines in a multi-node run (each with trainer.devices processes)"})
+    # Lightning's own meanings (a count of batches, or true for 1); Union: Lightning reads an int as a
+    # count and a float as a fraction of the split, so 2 must stay 2, not become 2.0
+    fast_dev_run: Union[bool, int] = field(
+        default=False, metadata={"help": "true or N: a smoke test of N (true: 1) train, validation and test batches; "
+                                         "no checkpoint, no export, metrics.json status fast_dev_run"})
+    limit_val_batches: Union[int, float] = field(
+        default=1.0, metadata={"help": "validation batches per validation: an int counts batches, a float in [0, 1] is a fraction"})
+    limit_test_batches: Union[int, float] = field(
+        default=1.0, metadata={"help": "test batches: an int counts batches, a float in [0, 1] is a fraction"})
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = field(default="last", metadata={"help": "which weights the run exports (prefix/ or trained/) and scores in its final "
+                                                              "val/test metrics: last (the final step) | best (the validation with the best "
+                                                              "optimized_metric, checkpoints/best.ckpt; needs trainer.val_check_interval)"})
 
 
 @dataclass
 class LoggerConfig:
-    kind: str = field(default="csv", metadata={"help": "csv | wandb"})
-    project: str = "prefixlab"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    mode: Optional[str] = field(default=None, metadata={"help": "online | offline; None: offline unless WANDB_MODE or an API key is set"})
-    samples_rows: int = field(default=16, metadata={"help": "wandb: rows of the generated-samples table logged at each validation and test (0: none)"})
+    """Which loggers a run writes to (any number at once: ``logger=[csv,tensorboard]``) and their
+    shared settings. Each gets the resolved config, the per-step metrics and the samples table."""
+    csv: bool = field(default=False, metadata={"help": "<run dir>/csv/metrics.csv (what prefixlab-report plots)"})
+    tensorboard: bool = field(default=False, metadata={"help": "<run dir>/tensorboard/ event files: tensorboard --logdir <run or sweep dir>"})
+    mlflow: bool = field(default=False, metadata={"help": "an MLflow run in logger.tracking_uri (needs pip install 'prefixlab[mlflow]')"})
+    wandb: bool = field(default=False, metadata={"help": "a W&B run per job, <run dir>/wandb/ (offline: wandb sync later)"})
+    project: str = field(default="prefixlab", metadata={"help": "the W&B project and the MLflow experiment"})
+    entity: Optional[str] = field(default=None, metadata={"help": "wandb: the team or user (null: your default)"})
+    group: Optional[str] = field(default=None, metadata={"help": "wandb group / mlflow tag (null: the sweep folder, or the run name)"})
+    tags: list[str] = field(default_factory=list, metadata={"help": "added to task:/model:/method: (W&B tags, MLflow tags)"})
+    mode: Optional[str] = field(default=None, metadata={"help": "wandb: online | offline | disabled; null: WANDB_MODE, else `wandb offline`'s setting, else online with credentials (wandb login, WANDB_API_KEY), else offline"})
+    tracking_uri: Optional[str] = field(default=None, metadata={"help": "mlflow: null: MLFLOW_TRACKING_URI, else sqlite:///<sweep or run dir>/mlflow/mlflow.db; or file:<dir>, sqlite:///<file>, http://host:port"})
+    samples_rows: int = field(default=16, metadata={"help": "rows of the generated-samples table at each validation and test (0: none): W&B table, TensorBoard text, MLflow table artifact"})
+
+
+@dataclass
+class SweepConfig:
+    fail_on_error: bool = field(
+        default=False, metadata={"help": "a -m sweep exits with code 1 when a job failed, was interrupted or killed "
+                                         "(false: exit 0; the summary at the end names such jobs either way)"})
 
 
 @dataclass
@@ -104,7 +146,9 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
     optimized_metric: str = field(default="val/${task.primary_metric}", metadata={"help": "the value train() returns: what a sweep selects on (val/...; test/... only typed, with a warning)"})
@@ -243,6 +287,11 @@ def validate(cfg: TrainConfig) -> None:
              cfg.trainer.devices, "auto, -1 (all), a device count >= 1, or a list of device ids such as 0,1")
     _require(cfg.trainer.strategy in STRATEGIES, "trainer.strategy", cfg.trainer.strategy, f"one of {', '.join(STRATEGIES)}")
     _require(cfg.trainer.num_nodes >= 1, "trainer.num_nodes", cfg.trainer.num_nodes, "must be >= 1")
+    _require(cfg.trainer.fast_dev_run >= 0, "trainer.fast_dev_run", cfg.trainer.fast_dev_run, "true, false, or a batch count >= 0")
+    for key in ("limit_val_batches", "limit_test_batches"):
+        limit = getattr(cfg.trainer, key)
+        _require(limit >= 0 and (isinstance(limit, int) or limit <= 1.0), f"trainer.{key}", limit,
+                 "a batch count >= 0 (an int), or a fraction in [0, 1] (a float)")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32) (Lightning replaces other seeds with a random one)")
     _require(
         cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval >= 1,
@@ -254,7 +303,9 @@ def validate(cfg: TrainConfig) -> None:
              "must be a finite number (> 0 favours longer beams, < 0 shorter)")
     _require(cfg.generation.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size",
              cfg.generation.no_repeat_ngram_size, "must be >= 0 (0: off)")
-    _require(cfg.logger.kind in LOGGERS, "logger.kind", cfg.logger.kind, f"one of {', '.join(LOGGERS)}")
+    if not any(getattr(cfg.logger, name) for name in LOGGERS):
+        raise ConfigError(f"logger: none is on; turn on at least one of {', '.join(LOGGERS)} (logger=csv, or several: "
+                          "logger=[csv,tensorboard])")
     _require(cfg.logger.samples_rows >= 0, "logger.samples_rows", cfg.logger.samples_rows, ">= 0")
     _require(cfg.logger.mode in (None, "online", "offline", "disabled"), "logger.mode", cfg.logger.mode,
              "online | offline | disabled | null")
@@ -271,4 +322,9 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.optimized_metric.startswith(("val/", "test/")) and len(cfg.optimized_metric.split("/", 1)[1]) > 0,
              "optimized_metric", cfg.optimized_metric, "val/<metric> (the default: val/${task.primary_metric}), "
              "or test/<metric> typed explicitly (it warns: selecting on test inflates the best)")
+    from prefixlab.training.best_checkpoint import monitoring_problem
+
+    problem = monitoring_problem(cfg)  # early stopping and export.checkpoint=best: before any model loads
+    if problem:
+        raise ConfigError(problem)
     warn_test_selection(cfg.optimized_metric)

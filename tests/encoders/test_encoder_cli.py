@@ -108,7 +108,7 @@ def test_squad_from_released_files_head_only_on_an_encoder(tmp_path):
     metrics, rows = results(run_dir)
     assert {"test/exact_match", "test/f1"} <= metrics.keys() and len(rows) == 4  # the 2 dev articles' 4 questions
     assert metrics["trainable_params"] == metrics["head_params"] == metrics["exported_params"] == 2 * 32 + 2
-    assert sorted(p.name for p in (run_dir / "trained").iterdir()) == ["head.safetensors", "head_config.json"]
+    assert sorted(p.name for p in (run_dir / "trained").iterdir()) == ["README.md", "head.safetensors", "head_config.json"]  # + the model card
 
 
 def test_squad_is_generative_on_an_lm(tmp_path):

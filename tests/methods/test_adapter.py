@@ -175,6 +175,7 @@ def test_lm_bit_identical_after_training_adapters_changed_checkpoint_and_export(
 
 def _method_cfg(**method):
     cfg = TrainConfig(method=AdapterOptions(name="adapter", bottleneck=64), task=BBCHeadlineOptions(name="bbc_headline"))
+    cfg.logger.csv = True  # conf/logger/csv.yaml's choice: the bare schema turns no logger on
     if method.get("name") == "prefix":  # another family: its own schema (PrefixOptions has no adapter keys)
         cfg.method = PrefixOptions(name="prefix")
     for key, value in method.items():

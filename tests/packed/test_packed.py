@@ -40,7 +40,8 @@ JOBS = {
                       "task.batch_size=3", "task.train_size=5", "trainer.max_steps=3"],
     "C_infix": ["method=infix", "method.prefix_length=6", "method.mid_dim=16", "optim.lr=2e-2", "optim.weight_decay=0.1",
                 "seed=3", "task.batch_size=4", "trainer.max_steps=2", "trainer.gradient_clip_val=0.05"],
-    "D_embedding": ["method=embedding", "method.prefix_length=3", "optim.lr=1e-1", "seed=4", "task.batch_size=2",
+    # (EMB-k through its MLP: at lr 1e-1 AdamW magnifies the float-order differences to 1e-4 of the prefix)
+    "D_embedding": ["method=embedding", "method.prefix_length=3", "optim.lr=1e-2", "seed=4", "task.batch_size=2",
                     "trainer.max_steps=3"],
 }
 
@@ -125,6 +126,27 @@ def test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs(packed_and
         assert [r["id"] for r in rows] == [r["id"] for r in expected_rows]
         assert [r["prediction"] for r in rows] == [r["prediction"] for r in expected_rows], name
         assert results[name]["packed_jobs"] == len(JOBS)
+
+
+def evaluation_rows(run_dir: Path) -> list[tuple[int, float, list[str]]]:
+    """(step, epoch, the metrics) of every CSV row that holds validation or test metrics."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [(int(row["step"]), float(row["epoch"]), keys) for row in rows
+            if (keys := sorted(k for k, v in row.items() if v and k.startswith(("val/", "test/"))))]
+
+
+def test_packed_jobs_log_evaluation_at_the_step_and_epoch_of_separate_runs(packed_and_alone):
+    """A packed job evaluates on a fresh Trainer (the pack trained on another), yet its validation
+    and test metrics land at the step and epoch where its training ended, as in its separate run,
+    whose evaluation runs on the Trainer that trained (B's 3 steps end in its second epoch)."""
+    packed, alone, _ = packed_and_alone
+    for name in JOBS:
+        # the separate run's final validation and its test (it also validates at the end of each epoch; a pack does not)
+        expected = evaluation_rows(alone[name])[-2:]
+        assert [keys[0].split("/")[0] for *_, keys in expected] == ["val", "test"], (name, expected)
+        assert expected[0][0] == int(dict(o.split("=") for o in JOBS[name])["trainer.max_steps"]), (name, expected)
+        assert evaluation_rows(packed[name]) == expected, name
 
 
 def _random_batch(rows: int, width: int, vocab: int, generator: torch.Generator) -> dict:

@@ -145,3 +145,33 @@ def test_a_finished_job_is_left_alone_while_the_others_train(tmp_path, monkeypat
     assert all(same(a_after[1], later) for later in a_after[2:])  # then nothing touched it
     assert all(float(state["step"]) == 2 for state in a_after[-1][1])
     assert all(not same(b_after[i], b_after[i + 1]) for i in range(4))  # B kept training
+
+
+def test_a_pack_checkpoint_holds_every_jobs_trainable_state_and_never_the_frozen_lm(tmp_path, monkeypatch):
+    """The pack's checkpoint is trimmed as a single run's (``frozen_backbone.drop_frozen_weights``):
+    each job's encoder, no frozen-LM weight."""
+    import pytorch_lightning as pl
+
+    full_state: dict = {}
+
+    class Keep(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            full_state.update(torch.nn.Module.state_dict(pl_module))  # untrimmed: the LM and the encoders
+
+    monkeypatch.setattr("prefixlab.training.cpu_memory.keep_freed_memory", lambda: False)  # no ldconfig subprocess
+    stock = packed_module.build_pack_trainer
+    monkeypatch.setattr(packed_module, "build_pack_trainer",
+                        lambda config, max_steps, pack_dir, callbacks, every: stock(config, max_steps, pack_dir,
+                                                                                   [*callbacks, Keep()], every))
+    from omegaconf import OmegaConf
+
+    configs = [compose_job([*TINY_CLI, *COMMON, "trainer.max_steps=1", f"method.prefix_length={n}"]) for n in (2, 4)]
+    jobs = [PackedJob(settings=OmegaConf.to_object(c), resolved=OmegaConf.to_container(c, resolve=True), run_dir=tmp_path / str(i))
+            for i, c in enumerate(configs)]
+    assert [r["status"] for r in train_packed(jobs, pack_dir=tmp_path / "pack")] == ["completed", "completed"]
+    saved = torch.load(tmp_path / "pack" / packed_module.CHECKPOINT, weights_only=True)["state_dict"]
+    frozen = {k for k in full_state if k.startswith("shared.lm.")}
+    assert frozen and saved.keys() == full_state.keys() - frozen
+    assert {k.split(".")[1] for k in saved} == {"0", "1"}  # encoders.0.*, encoders.1.*: both jobs
+    for key, value in saved.items():
+        assert torch.equal(value, full_state[key]), key

@@ -54,7 +54,7 @@ def test_each_task_option_composes_to_its_own_schema(option):
 
 def test_the_schemas_hold_only_their_own_keys():
     assert "k" not in {f.name for f in dataclasses.fields(PrefixOptions)}
-    assert {f.name for f in dataclasses.fields(TopLayersOptions)} == {"name", "k"}
+    assert {f.name for f in dataclasses.fields(TopLayersOptions)} == {"name", "k", "train_tied_embedding"}
     assert [f.name for f in dataclasses.fields(MethodOptions)] == ["name"]
     assert type(settings("method=finetune").method) is MethodOptions  # finetune has no options of its own
 
@@ -64,7 +64,7 @@ def test_the_schemas_hold_only_their_own_keys():
     (["method=finetune", "method.prefix_length=5"], "prefix_length", "MethodOptions"),
     (["method=ia3", "method.lora_r=4"], "lora_r", "IA3Options"),
     (["method=lora", "method.bottleneck=8"], "bottleneck", "LoRAOptions"),
-    (["task=e2e", "task.train_topics=[tech]"], "train_topics", "DataDirOptions"),  # bbc_headline's key
+    (["task=e2e", "task.train_topics=[tech]"], "train_topics", "TableToTextOptions"),  # bbc_headline's key
     (["task=webnlg", "task.split_seed=1"], "split_seed", "WebNLGOptions"),
     (["task.data_dir=/tmp"], "data_dir", "BBCHeadlineOptions"),
 ])
@@ -95,7 +95,7 @@ def test_an_appended_key_the_schema_lacks_is_one_config_error():
     with pytest.raises(ConfigError, match=r"^method.k=3 is not a key of method=prefix \(schema PrefixOptions\); "
                                           r"its keys: name, prefix_length"):
         validate(settings("+method.k=3"))
-    with pytest.raises(ConfigError, match=r"^task.bogus=1 is not a key of task=e2e \(schema DataDirOptions\)"):
+    with pytest.raises(ConfigError, match=r"^task.bogus=1 is not a key of task=e2e \(schema TableToTextOptions\)"):
         validate(settings("task=e2e", "+task.bogus=1"))
 
 

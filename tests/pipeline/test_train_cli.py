@@ -92,11 +92,11 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, args, expe
 
 
 def test_unknown_method_and_task_fail_with_the_options(tmp_path):
-    for args, group in ((["method=nope"], "method"), (["task=nope"], "task")):
+    for args, group, an_option in ((["method=nope"], "method", "prefix"), (["task=nope"], "task", "bbc_headline")):
         result = run_cli(args, tmp_path, timeout=120)
         assert result.returncode != 0
-        assert f"Could not find '{group}/nope'" in result.stderr
-        assert "Available options" in result.stderr
+        assert f"prefixlab-train: error: {group}=nope is not an option of {group} (conf/{group}/); its options: " in result.stderr
+        assert "Traceback" not in result.stderr and an_option in result.stderr.rsplit("its options:", 1)[1]
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-import prefixlab.run.runs as runs
-from prefixlab.cli import train as train_module
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ (last: its folders shadow nothing), for harness_common
+
+from harness_common import add_to_run_trainers, run_prefixlab_train  # noqa: E402
 
 stage, marker, stubborn, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
 
@@ -41,14 +42,7 @@ class MarkEvaluation(pl.Callback):
         self._mark(trainer)
 
 
-stock_build_trainer = runs.build_trainer
-
-
-def build_trainer(config, logger, run_dir, callbacks=()):
-    return stock_build_trainer(config, logger, run_dir, [*callbacks, MarkEvaluation()])
-
-
-runs.build_trainer = build_trainer
+add_to_run_trainers(MarkEvaluation())
 if stubborn:
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 
@@ -59,5 +53,4 @@ if stubborn:
         raise AssertionError("nothing stopped the stubborn generate()")
 
     PrefixedCausalLM.generate = generate
-sys.argv = ["prefixlab-train", *args]
-train_module.main()
+run_prefixlab_train(args)

@@ -156,6 +156,7 @@ atomic_write(target, slow_large_write)
 """
 
 
+@pytest.mark.cli  # it starts a process (the lock holder / the writer it kills)
 def test_sigkill_during_a_large_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "predictions.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])

@@ -26,6 +26,7 @@ def _hold(folder):
     return process
 
 
+@pytest.mark.cli  # it starts a process (the lock holder / the writer it kills)
 def test_a_locked_folder_is_refused_naming_the_owner_and_a_dead_owners_lock_is_taken_over(tmp_path, capsys):
     holder = _hold(tmp_path)
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-import prefixlab.run.runs as runs
-from prefixlab.cli import train as train_module
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ (last: its folders shadow nothing)
+from harness_common import add_to_run_trainers  # noqa: E402
+from prefixlab.cli import train as train_module  # noqa: E402
 
 
 class SaveTrainable(pl.Callback):
@@ -25,14 +26,7 @@ class SaveTrainable(pl.Callback):
         self._save(trainer, pl_module, "end")
 
 
-_build_trainer = runs.build_trainer
-
-
-def build_trainer(config, logger, run_dir, callbacks=()):
-    return _build_trainer(config, logger, run_dir, callbacks=[*callbacks, SaveTrainable()])
-
-
-runs.build_trainer = build_trainer  # train() imports it from the module at call time
+add_to_run_trainers(SaveTrainable())  # train() imports runs.build_trainer at call time
 
 if __name__ == "__main__":
     sys.exit(train_module.main())

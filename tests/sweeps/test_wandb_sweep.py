@@ -55,7 +55,7 @@ def test_the_agents_command_line_composes_a_config_with_the_swept_values(tmp_pat
     cfg = yaml.safe_load(result.stdout)
     assert cfg["method"]["name"] == "prefix_flat" and cfg["method"]["prefix_length"] == 40
     assert cfg["optim"]["lr"] == values["optim.lr"] == 1e-3
-    assert cfg["logger"]["kind"] == "wandb" and cfg["logger"]["mode"] == "online"
+    assert cfg["logger"]["wandb"] is True and cfg["logger"]["csv"] is False and cfg["logger"]["mode"] == "online"
     assert f"val/{cfg['task']['primary_metric']}" == sweep["metric"]["name"]  # the run's optimized_metric
     assert cfg["optimized_metric"] == "val/${task.primary_metric}"
     # and the values pass the range checks a run makes before loading anything

@@ -60,6 +60,7 @@ def test_bad_topic_lists_are_one_clear_error(options, message):
 def test_overlapping_topics_fail_in_config_validation_and_other_tasks_reject_topics():
     # the prefix method's MLP width (the dataclass default is null; conf/method sets it)
     cfg = TrainConfig(method=PrefixOptions(name="prefix", mid_dim=512), task=BBCHeadlineOptions(name="bbc_headline"))
+    cfg.logger.csv = True  # conf/logger/csv.yaml's choice: the bare schema turns no logger on
     validate(cfg)
     cfg.task.train_topics, cfg.task.test_topics = ["tech", "sports"], ["sports"]
     with pytest.raises(ConfigError, match=r"task.test_topics=\['sports'\] is out of range: must not share topics"):

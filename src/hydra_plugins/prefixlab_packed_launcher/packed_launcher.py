@@ -131,6 +131,7 @@ class PackedLauncher(Launcher):
         from prefixlab.sweeps.packed_module import CHECKPOINT
         from prefixlab.training.reliability import RunInterrupted
         from prefixlab.cli.train import wandb_identity
+        from prefixlab.cli.strict import check_known_keys
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # named after its first job, so that a rerun of the same sweep finds the same pack's checkpoint
@@ -149,6 +150,7 @@ class PackedLauncher(Launcher):
                 # runs inside run_job, which has made the job's folder, written .hydra/ and set
                 # HydraConfig to this job's: resolve here, where ${hydra:...} means this job
                 run_dir = Path(HydraConfig.get().runtime.output_dir)
+                check_known_keys(task_cfg)  # a `+key=` no schema has: this job fails, as on the single-run path
                 held.enter_context(RunFolderLock(run_dir))
                 return PackedJob(settings=OmegaConf.to_object(task_cfg), resolved=OmegaConf.to_container(task_cfg, resolve=True),
                                  run_dir=run_dir, logger_identity=wandb_identity())
@@ -173,8 +175,13 @@ class PackedLauncher(Launcher):
         for ret, metrics in zip(packable, results):
             optimized_metric = ret.return_value.settings.optimized_metric
             ret.return_value = optimized_value(metrics, optimized_metric)
-        for ret in prepared:
+        for ret, config in zip(prepared, configs):
             if ret.status != JobStatus.COMPLETED:  # its config did not convert: as the single-run path, NaN
                 print(f"prefixlab-train: error: {ret._return_value}", file=sys.stderr)
+                job_dir = OmegaConf.select(config, "hydra.runtime.output_dir")  # set by run_job
+                if job_dir:  # status: failed, for the sweep's summary and report
+                    from prefixlab.cli.errors import record_input_error
+
+                    record_input_error(ret._return_value, Path(job_dir))
                 ret.return_value, ret.status = math.nan, JobStatus.COMPLETED
         return prepared

@@ -32,6 +32,9 @@ OmegaConf.register_new_resolver("pid", lambda: __import__("os").getpid(), replac
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     settings: EvalConfig = OmegaConf.to_object(cfg)
     validate(settings)
+    from prefixlab.run.loggers import check_loggers
+
+    check_loggers(settings.logger)  # W&B online without credentials, a logger not installed
     from prefixlab.training.evaluation import SPLITS, EvaluationSourceError, describe_source
 
     if settings.eval.split not in SPLITS:
@@ -41,7 +44,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
     from prefixlab.run.runs import build_logger, build_trainer, check_writable, finish_logger, write_results
     from prefixlab.training.encoder_module import is_encoder_model
-    from prefixlab.training.evaluation import build_encoder_module, build_lm_module, check_model_matches, metrics_record
+    from prefixlab.training.evaluation import (adopt_recorded_model, build_encoder_module, build_lm_module,
+                                               check_model_matches, metrics_record)
     from prefixlab.training.model_loading import load_config
     from prefixlab.training.reliability import record_failure
     from prefixlab.training.resume import ResumableDataModule
@@ -51,6 +55,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if source.kind == "checkpoint":  # the model the checkpoint was trained on, whatever model= says
         resolved["model"] = {**resolved["model"], **source.hyper_parameters["model"]}
         settings.model.name_or_path = resolved["model"]["name_or_path"]
+    adopt_recorded_model(source, settings, resolved)  # an export's recorded base model (random init: its seed)
     check_model_matches(source, settings.model.name_or_path)
     model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)
     started = time.time()
@@ -86,34 +91,39 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> float:
-    from hydra.types import RunMode
-
-    from prefixlab.errors import USER_ERRORS
+    from prefixlab.cli.errors import report_job_errors
+    from prefixlab.cli.job_log import JobLog
+    from prefixlab.cli.strict import check_known_keys
     from prefixlab.run.folder_lock import RunFolderLock
-    from prefixlab.training.evaluation import EvaluationSourceError
-    from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+
+    def run() -> float:
+        check_known_keys(cfg)
         with RunFolderLock(run_dir):
             metrics = evaluate(cfg, run_dir)
-    except RunInterrupted as stop:
-        print(f"prefixlab-eval: {stop}", file=sys.stderr)
-        sys.exit(128 + stop.signum)
-    except (RunFailed, EvaluationSourceError, *USER_ERRORS) as error:
-        if not isinstance(error, RunFailed):
-            record_input_error(error, run_dir)
-        line = f"prefixlab-eval: error: {error}"
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(line, file=sys.stderr)
-            return float("nan")
-        sys.exit(line)
-    stage = "val" if cfg.eval.split == "validation" else "test"
-    return metrics.get(f"{stage}/{cfg.task.primary_metric}", float("nan"))
+        stage = "val" if cfg.eval.split == "validation" else "test"
+        return metrics.get(f"{stage}/{cfg.task.primary_metric}", float("nan"))
+
+    def source_errors() -> tuple[type, ...]:
+        from prefixlab.training.evaluation import EvaluationSourceError
+
+        return (EvaluationSourceError,)
+
+    with JobLog(run_dir / f"{hydra_cfg.job.name}.log") as log:
+        return report_job_errors("prefixlab-eval", run_dir, run, input_errors=source_errors, log_line=log.line)
 
 
 def main() -> None:
-    hydra_main()
+    from prefixlab.cli.errors import run_hydra
+
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from prefixlab.cli.help import print_help
+
+        print_help("prefixlab-eval", __doc__ or "", EvalConfig, Path(CONFIG_DIR), "eval")
+        return
+    run_hydra("prefixlab-eval", hydra_main)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def _read_prompts(source: str, default_prefix: str | None) -> list[dict]:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{source}: cannot read the prompts ({getattr(error, 'strerror', None) or error})") from None
+        raise ValueError(f"--input {source}: cannot read the prompts ({getattr(error, 'strerror', None) or error})") from None
     rows = []
     # a prompt ends at \n only (and a \r before it): U+2028, U+0085 and the like are text inside a prompt
     for number, line in enumerate(text.split("\n"), 1):
@@ -93,16 +93,22 @@ class MixedPrefixGenerator:
     (the prompt is then formatted exactly as that task did in training).
     """
 
-    def __init__(self, model_name: str, prefix_dirs: dict[str, Path], prompt_format: str = "raw") -> None:
+    def __init__(self, model, prefix_dirs: dict[str, Path], prompt_format: str = "raw") -> None:
+        """``model``: a model name (pretrained) or the ``BaseModelBuild`` an export records (a random-init
+        base is drawn again from its seed and checked against the weights the prefix was trained on)."""
+        from prefixlab.engine.export import BaseModelBuild
         from prefixlab.engine.prefixed_lm import PrefixedCausalLM
         from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
-        from prefixlab.training.model_loading import load_config, load_lm, load_tokenizer
+        from prefixlab.training.base_model import load_base_lm
+        from prefixlab.training.model_loading import load_config, load_tokenizer
 
+        self.build = model if isinstance(model, BaseModelBuild) else BaseModelBuild(str(model))
+        model_name = self.build.name_or_path
         # trust_remote_code=False always: the model name may come from a prefix folder, which never opts in
         config = load_config(model_name, trust_remote_code=False)  # a wrong model name fails before anything loads
         self.model_name = model_name
         self.is_encoder_decoder = bool(config.is_encoder_decoder)
-        lm = load_lm(model_name, trust_remote_code=False).requires_grad_(False).eval()
+        lm = load_base_lm(self.build)
         self.tokenizer = load_tokenizer(model_name, trust_remote_code=False)
         self.model = (PrefixedSeq2SeqLM if self.is_encoder_decoder else PrefixedCausalLM)(lm)
         self.prefixes, self.infixes = {}, set()
@@ -111,20 +117,23 @@ class MixedPrefixGenerator:
         self.encode = self._encoder_for(prompt_format)
 
     def _load(self, name: str, directory: Path) -> None:
-        from prefixlab.engine.export import PrefixFormatError, load_prefix
+        from prefixlab.engine.export import PrefixFormatError, check_prefix_fits, load_prefix
         from prefixlab.engine.peft_format import is_peft_prefix, load_peft_prefix
+        from prefixlab.training.base_model import read_base_build, same_weights
 
         geometry = self.model.geometry
         try:
             if is_peft_prefix(directory):
+                recorded = read_base_build(directory)
+                if recorded is not None and not same_weights(recorded, self.build):
+                    raise PrefixFormatError(f"trained on {recorded.describe()}, this generation loads {self.build.describe()}")
                 self.prefixes[name] = load_peft_prefix(directory, geometry)
                 return
             exported = load_prefix(directory, expected_model=self.model_name)
-            fits = exported.geometry.model_type == geometry.model_type and all(
-                geometry.sites.get(site) == g for site, g in exported.geometry.sites.items()
-            )
-            if not fits:
-                raise PrefixFormatError(f"geometry {exported.geometry.to_dict()} does not fit {self.model_name} ({geometry.to_dict()})")
+            if exported.base_build is not None and not same_weights(exported.base_build, self.build):
+                raise PrefixFormatError(f"trained on {exported.base_build.describe()}, this generation loads "
+                                        f"{self.build.describe()} (leave out --model to use the prefix's own)")
+            check_prefix_fits(exported.geometry, geometry, "the prefix", self.build.describe())
         except PrefixFormatError as error:
             raise PrefixFormatError(f"prefix {name}={directory}: {error}") from error
         self.prefixes[name] = exported.activations
@@ -159,7 +168,7 @@ class MixedPrefixGenerator:
             raise ValueError(f"prompts name prefixes {unknown} that were not loaded; loaded: {sorted(self.prefixes)}")
         tokenizer = self.tokenizer
         starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="generating", file=sys.stderr, disable=not progress):
+        for start in tqdm(starts, desc="generating", unit="batch", file=sys.stderr, disable=not progress):  # with an ETA
             rows = prompts[start : start + batch_size]
             new_tokens = generate_mixed(
                 self.model, [list(self.encode(r["prompt"])) for r in rows],
@@ -171,27 +180,57 @@ class MixedPrefixGenerator:
                 yield {**row, "output": text.strip()}
 
 
-def run(args: argparse.Namespace):
+def check_prefix_folder(name: str, directory: Path) -> None:
+    """One line for a folder that is not a prefix, before any model loads: a missing folder, a run
+    folder given instead of its ``prefix/``, a run whose export is no prefix, any other folder."""
+    from prefixlab.engine.export import CONFIG_FILE
     from prefixlab.engine.peft_format import is_peft_prefix
 
-    prefix_dirs = _named_prefix_dirs(args.prefix)
-    for name, directory in prefix_dirs.items():  # before any model loads: a run folder given for its prefix/
-        if not directory.is_dir():
-            raise ValueError(f"--prefix {name}={directory}: no such folder")
-        if not is_peft_prefix(directory) and not (directory / "prefix_config.json").is_file() \
-                and (directory / "prefix" / "prefix_config.json").is_file():
-            raise ValueError(f"--prefix {name}={directory} is a run folder; give its export: {directory / 'prefix'}")
-    model_name = args.model
-    if model_name is None:
-        first = next(iter(prefix_dirs.values()), None)
-        if first is None or is_peft_prefix(first):
-            raise ValueError("give --model (the base model) when no prefixlab prefix names it")
-        from prefixlab.engine.export import load_prefix
+    where = f"--prefix {name}={directory}"
+    if not directory.is_dir():
+        raise ValueError(f"{where}: no such folder")
+    if is_peft_prefix(directory) or (directory / CONFIG_FILE).is_file():
+        return
+    if (directory / "prefix" / CONFIG_FILE).is_file():
+        raise ValueError(f"{where} is a run folder; give its export: --prefix {name}={directory / 'prefix'}")
+    if (directory / "trained").is_dir():
+        raise ValueError(f"{where} is a run of a method without a prefix (its export is {directory / 'trained'}); "
+                         "prefixlab-generate takes prefix exports (prefix/) and PEFT prefix-tuning adapters")
+    raise ValueError(f"{where} is not an exported prefix: expected {CONFIG_FILE} (a prefixlab export) or "
+                     "adapter_config.json (a PEFT prefix-tuning adapter); give a run's prefix/ folder")
 
-        model_name = load_prefix(first).base_model  # the whole folder checked: one line for any bad field
-    prompts = _read_prompts(args.input, next(iter(prefix_dirs), None))
+
+def _choose_base(model: str | None, prefix_dirs: dict[str, Path]):
+    """The base model to load: the first prefix's recorded build (or, for older exports, the pretrained
+    model it names); with ``--model``, that model, built as a prefix records it when one names it."""
+    from prefixlab.engine.export import BaseModelBuild, load_prefix
+    from prefixlab.engine.peft_format import is_peft_prefix
+    from prefixlab.training.base_model import read_base_build
+
+    recorded = []
+    for directory in prefix_dirs.values():
+        if is_peft_prefix(directory):
+            build = read_base_build(directory)
+        else:
+            exported = load_prefix(directory)  # the whole folder checked: one line for any bad field
+            build = exported.base_build or BaseModelBuild(exported.base_model)
+        if build is not None:
+            recorded.append(build)
+    if model is None:
+        if not recorded:
+            raise ValueError("give --model (the base model): no prefix names the model it was trained on")
+        return recorded[0]
+    return next((b for b in recorded if b.name_or_path == model), BaseModelBuild(model))
+
+
+def run(args: argparse.Namespace):
+    prefix_dirs = _named_prefix_dirs(args.prefix)
+    for name, directory in prefix_dirs.items():  # before any model loads
+        check_prefix_folder(name, directory)
+    prompts = _read_prompts(args.input, next(iter(prefix_dirs), None))  # a missing input file: before any model loads
+    base = _choose_base(args.model, prefix_dirs)
     prompt_format = args.task or ("chat" if args.chat else "raw")
-    generator = MixedPrefixGenerator(model_name, prefix_dirs, prompt_format)
+    generator = MixedPrefixGenerator(base, prefix_dirs, prompt_format)
     yield from generator.generate(prompts, args.max_new_tokens, args.num_beams, args.batch_size, progress=len(prompts) > args.batch_size)
 
 

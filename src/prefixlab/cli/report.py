@@ -3,10 +3,13 @@
     prefixlab-report multirun/2026-11-28/18-51-22-334819_p25418        # writes into the sweep folder
     prefixlab-report 'multirun/2026-11-28/*' --out reports/prefix_len   # several sweeps, one report
     prefixlab-report --newest multirun                                  # the newest sweep under multirun/ (make report)
+    prefixlab-report --scorecard experiments/                           # the paper's claims: experiments/README.md
 
 Reads every job folder of the sweeps and writes ``report.md``, ``report.csv`` and the plots
 (``prefixlab.sweeps.report.build_report``). Failed and unfinished jobs are rows with their status;
-they never stop the report.
+they never stop the report. ``--scorecard`` reads each ``experiments/<name>/claims.yaml``, compares
+its arms by a paired bootstrap over the test inputs and writes each ``results.csv`` and the
+scorecard table of ``experiments/README.md`` (``prefixlab.sweeps.scorecard``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="where report.md, report.csv and the plots go (default: the sweep folder)")
     parser.add_argument("--metric", help="the metric of the plots (default: the test figure of the sweep's "
                         "optimized_metric; the best job is always chosen on validation)")
+    parser.add_argument("--scorecard", type=Path, metavar="EXPERIMENTS",
+                        help="score the claims.yaml of every experiment under EXPERIMENTS (e.g. experiments/): writes "
+                        "each <name>/results.csv and the table of EXPERIMENTS/README.md")
+    parser.add_argument("--runs-root", type=Path, metavar="ROOT",
+                        help="with --scorecard: where the claims' sweep paths start (default: the folder above EXPERIMENTS)")
     args = parser.parse_args(argv)
+    if args.scorecard is not None:
+        if args.sweeps or args.newest:
+            parser.error("--scorecard reads the sweeps its claims.yaml files name: give no sweep folders or --newest")
+        from prefixlab.sweeps.scorecard import build_scorecard
+
+        try:
+            readme = build_scorecard(args.scorecard, args.runs_root)
+        except (ReportError, OSError) as error:
+            sys.exit(f"prefixlab-report: error: {error}")
+        print(f"scorecard: {readme} (and results.csv of each experiment that has runs)")
+        return
     if bool(args.sweeps) == bool(args.newest):
         parser.error("give sweep folders or --newest ROOT (one of the two)")
     try:

@@ -30,6 +30,9 @@ OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_ca
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     settings: TrainConfig = OmegaConf.to_object(cfg)
     validate(settings)  # cheap checks first: nothing below runs on a bad config
+    from prefixlab.run.loggers import check_loggers
+
+    check_loggers(settings.logger)  # W&B online without credentials, a logger not installed
     import pytorch_lightning as pl
 
     from prefixlab.training.encoder_module import build_encoder_run, is_encoder_model
@@ -37,6 +40,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from prefixlab.training.model_loading import load_config
     from prefixlab.training.lm_module import PrefixTuningModule
     from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
+    from prefixlab.training.best_checkpoint import Monitoring
     from prefixlab.training.resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
     from prefixlab.training.resume_settings import ResumeSettings, result_settings
     from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
@@ -84,42 +88,57 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_free_space(run_dir, storage_needed(counts))
 
     tags = wandb_tags(task.name, settings.model.name_or_path, settings.model.random_init, settings.method.name, settings.logger.tags)
-    logger = build_logger(settings.logger, run_dir, settings.run_name, resolved, **wandb_identity(), tags=tags, parameter_counts=counts)
+    logger = build_logger(settings.logger, run_dir, settings.run_name, resolved, **wandb_identity(), tags=tags, parameter_counts=counts,
+                          resume=resume_from is not None)  # the same W&B / MLflow runs continue
     summary = {"run_name": settings.run_name, **counts}
     stop = StopOnSignal(run_dir / LAST_CHECKPOINT,  # a second signal exits at once, after writing metrics.json
                         on_forced_stop=lambda error: record_failure(error, run_dir, module, trainer, None, summary, started))
     last_good, trainer = LastGoodState(), None
     stop.listen()  # fit, validate, test and the moments between them
     try:
+        monitoring = Monitoring.of(settings)  # early stopping and checkpoints/best.ckpt, if asked for
         trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, ResumeSettings(run_settings, changes),
-                                                                           *logger_callbacks(settings.logger)])
+                                                                           *logger_callbacks(settings.logger)], monitoring=monitoring)
         check_launchable(trainer, in_sweep=HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN")
         if trainer.is_global_zero:
             print(run_summary(counts, task.batch_size, settings.trainer.accumulate_grad_batches, trainer.world_size, mean_tokens))
+            if monitoring is not None:
+                print(monitoring.describe(settings.trainer.val_check_interval))
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # checked above
         stop.stop_if_received(trainer)
+        # export.checkpoint=best: the best weights go into the module here, so the final metrics score what is exported
+        exported = (monitoring.choose_export(trainer, module) if monitoring is not None
+                    else {"exported_checkpoint": "last", "exported_step": trainer.global_step})
         val_metrics = trainer.validate(module, datamodule=datamodule)[0]
         test_metrics = trainer.test(module, datamodule=datamodule)[0]
-        if trainer.is_global_zero:  # the other ranks hold the same prefix and the same gathered predictions
+        # a smoke test (a batch or a few of each split) is no result: no export, no predictions, its own status
+        smoke_test = bool(settings.trainer.fast_dev_run)
+        if trainer.is_global_zero and not smoke_test:  # the other ranks hold the same prefix and the same gathered predictions
             module.export(run_dir / ("prefix" if module.is_prefix_method else "trained"))
         metrics = {
-            "status": "completed",
+            "status": "fast_dev_run" if smoke_test else "completed",
             "run_name": settings.run_name,
             "steps": trainer.global_step,
             **({"resumed_from": str(resume_from), "resumed_at_step": saved["global_step"]} if saved else {}),
             **({"resume_changes": changes} if changes else {}),
+            **({} if smoke_test else exported),  # a smoke test exports nothing
             **counts,
             **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
             "runtime_s": round(time.time() - started, 1),
         }
         if trainer.is_global_zero:
-            write_results(run_dir, metrics, module.last_predictions.get("test"))
+            write_results(run_dir, metrics, None if smoke_test else module.last_predictions.get("test"))
+            if not smoke_test:  # the export's README.md: what it is, its metrics, how to load it
+                from prefixlab.run.model_card import write_model_card
+
+                write_model_card(run_dir, module, resolved, metrics)
     except BaseException as error:  # metrics.json says what happened: interrupted or failed, at which step
         raise record_failure(error, run_dir, module, trainer, last_good, summary, started)
     finally:
         stop.stop_listening()
         finish_logger(logger, run_dir / "metrics.json")
-    print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
+    print(f"fast_dev_run: the pipeline ran end to end; nothing exported ({run_dir}/metrics.json: status fast_dev_run)"
+          if settings.trainer.fast_dev_run else f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
     return metrics
 
 
@@ -151,7 +170,8 @@ def wandb_identity() -> dict:
     leaves = [o.key_or_group.rsplit(".", 1)[-1] for o in overrides]
     parts = [f"{leaf if leaves.count(leaf) == 1 else o.key_or_group}={o.get_value_element_as_str()}"
              for leaf, o in zip(leaves, overrides)]
-    return {"group": group, "job_name": ",".join(parts)[:128] or None}
+    return {"group": group, "job_name": ",".join(parts)[:128] or None,
+            "sweep_dir": str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None}  # the sweep's MLflow store
 
 
 # conf/ sits at the repository root; src/prefixlab/conf links to it so the package finds it.
@@ -160,31 +180,28 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    from hydra.types import RunMode
-
-    from prefixlab.errors import USER_ERRORS
+    from prefixlab.cli.errors import report_job_errors
+    from prefixlab.cli.job_log import JobLog
+    from prefixlab.cli.strict import check_known_keys
     from prefixlab.run.folder_lock import RunFolderLock, RunFolderTaken
-    from prefixlab.training.reliability import RunFailed, RunInterrupted, record_input_error
-    from prefixlab.training.resume import ResumeSettingsError
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+
+    def run() -> float:
+        check_known_keys(cfg)  # a `+key=` no schema has: refused before anything loads
         with RunFolderLock(run_dir):  # one run per folder; released however the run ends
             metrics = train(cfg, run_dir)
-    except RunInterrupted as stop:  # exit like a process killed by that signal, after saving
-        print(f"prefixlab-train: {stop}", file=sys.stderr)
-        sys.exit(128 + stop.signum)
-    except (RunFailed, *USER_ERRORS) as error:  # bad config, model, data, output dir, diverged: one line, no traceback
-        # another run's folder, or a refused resume of this one (its metrics.json stays): write nothing into it
-        if not isinstance(error, (RunFailed, RunFolderTaken, ResumeSettingsError)):
-            record_input_error(error, run_dir)
-        line = f"prefixlab-train: error: {error}"
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # Hydra's launcher stops the sweep on SystemExit: record this job as failed, let the others run
-            print(line, file=sys.stderr)
-            return float("nan")
-        sys.exit(line)
-    return metrics[cfg.optimized_metric]
+        return metrics[cfg.optimized_metric]
+
+    def keep_folder() -> tuple[type, ...]:  # another run's folder, or a refused resume of this one: write nothing into it
+        from prefixlab.training.resume import ResumeSettingsError
+
+        return (RunFolderTaken, ResumeSettingsError)
+
+    # the job's prints (the run summary, warnings, its one-line error) also go to its folder's log
+    with JobLog(run_dir / f"{hydra_cfg.job.name}.log") as log:
+        return report_job_errors("prefixlab-train", run_dir, run, keep_folder=keep_folder, log_line=log.line)
 
 
 _NO_RUN_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
@@ -193,9 +210,15 @@ _NO_RUN_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", 
 def main() -> None:
     """The console entry point: Hydra creates the run directory before ``train`` runs, so a
     directory that cannot be created is reported here, in one line, instead of by Hydra."""
-    from prefixlab.run.runs import OutputDirError, check_run_dir_creatable
+    from prefixlab.cli.errors import run_hydra
+    from prefixlab.run.storage import OutputDirError, check_run_dir_creatable  # no torch: --help answers at once
 
     args = sys.argv[1:]
+    if "--help" in args or "-h" in args:  # the keys and their help texts, from the schemas (cli/help.py)
+        from prefixlab.cli.help import print_help
+
+        print_help("prefixlab-train", __doc__ or "", TrainConfig, Path(CONFIG_DIR), "train")
+        return
     if not _NO_RUN_FLAGS.intersection(args):
         multirun = "-m" in args or "--multirun" in args
         key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
@@ -214,7 +237,7 @@ def main() -> None:
                                         Path(run_dir) / LAST_CHECKPOINT)
         except OutputDirError as error:
             sys.exit(f"prefixlab-train: error: {error}")
-    hydra_main()
+    run_hydra("prefixlab-train", hydra_main)
 
 
 if __name__ == "__main__":

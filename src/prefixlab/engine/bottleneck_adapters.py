@@ -10,6 +10,14 @@ one after each layer's feed-forward block (L adapters, the Lin et al. layout), "
 after each attention block as well (2 L). The paper's ADAPTER(3%) and ADAPTER(0.1%) choose r so
 that the adapters hold that share of the LM's parameters (``bottleneck_for_percent``).
 
+Two styles (``style``). "houlsby": the adapter above, on a sublayer's output before the block adds
+it to the residual stream (placements "ffn", "houlsby"). "lin" (Lin et al. 2020, the code Li & Liang
+ran): a layer norm inside and the adapter on the residual stream at each block's output,
+
+    x -> x + W_up relu(W_down LayerNorm(x) + b_down) + b_up      (2 d r + r + 3 d parameters)
+
+one per layer (L adapters; ``placement`` must stay "ffn").
+
 The adapters attach with forward hooks on the LM's own sublayers and are registered as their
 child ``bottleneck_adapter``: the LM's parameter names do not change, and device moves, state
 dicts and checkpoints carry the adapters along with the LM. Plain torch: no Hydra, no Lightning.
@@ -28,6 +36,7 @@ from prefixlab.run.artifacts import atomic_replace_dir
 
 CHILD = "bottleneck_adapter"  # the child-module name: parameter names contain it
 PLACEMENTS = {"ffn": ("mlp",), "houlsby": ("attention", "mlp")}
+STYLES = ("houlsby", "lin")
 FORMAT = "prefixlab-bottleneck-adapter"
 WEIGHTS_FILE = "adapter_weights.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -41,8 +50,10 @@ class AdapterError(ValueError):
 class BottleneckAdapter(nn.Module):
     """Maps [..., dim] -> [..., dim]; the identity at initialization."""
 
-    def __init__(self, dim: int, bottleneck: int, init_std: float = 0.02) -> None:
+    def __init__(self, dim: int, bottleneck: int, init_std: float = 0.02, layer_norm_eps: float | None = None) -> None:
         super().__init__()
+        # Lin et al.'s adapter normalizes its input (the residual stream it reads is not normalized)
+        self.layer_norm = nn.LayerNorm(dim, eps=layer_norm_eps) if layer_norm_eps is not None else None
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         nn.init.normal_(self.down.weight, std=init_std)
@@ -51,23 +62,24 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.up(torch.relu(self.down(hidden)))
+        inner = hidden if self.layer_norm is None else self.layer_norm(hidden)
+        return hidden + self.up(torch.relu(self.down(inner)))
 
     def hook(self, module: nn.Module, inputs, output):
-        # Attention blocks return (hidden, weights, ...); feed-forward blocks a tensor.
+        # Attention blocks (and some families' layers) return (hidden, weights, ...); feed-forward blocks a tensor.
         if isinstance(output, tuple):
             return (self(output[0]), *output[1:])
         return self(output)
 
 
-def parameters_per_adapter(dim: int, bottleneck: int) -> int:
-    return 2 * dim * bottleneck + bottleneck + dim
+def parameters_per_adapter(dim: int, bottleneck: int, style: str = "houlsby") -> int:
+    return 2 * dim * bottleneck + bottleneck + dim + (2 * dim if style == "lin" else 0)
 
 
-def bottleneck_for_percent(percent: float, lm_params: int, dim: int, sites: int) -> int:
+def bottleneck_for_percent(percent: float, lm_params: int, dim: int, sites: int, style: str = "houlsby") -> int:
     """The width r whose ``sites`` adapters hold closest to ``percent`` % of ``lm_params`` (at least 1)."""
     per_site = percent / 100.0 * lm_params / sites
-    return max(1, round((per_site - dim) / (2 * dim + 1)))
+    return max(1, round((per_site - parameters_per_adapter(dim, 0, style)) / (2 * dim + 1)))
 
 
 def _layer_stack(lm: nn.Module) -> nn.ModuleList:
@@ -84,10 +96,18 @@ def _layer_stack(lm: nn.Module) -> nn.ModuleList:
     return family.layers(lm)
 
 
-def adapter_sites(lm: nn.Module, placement: str) -> list[nn.Module]:
-    """The sublayers that get an adapter, layer by layer (attention before feed-forward)."""
+def adapter_sites(lm: nn.Module, placement: str, style: str = "houlsby") -> list[nn.Module]:
+    """The modules whose output gets an adapter: style "lin", every layer (block); "houlsby", the
+    sublayers of ``placement``, layer by layer (attention before feed-forward)."""
     if placement not in PLACEMENTS:
         raise AdapterError(f"adapter placement {placement!r}: expected one of {', '.join(PLACEMENTS)}")
+    if style not in STYLES:
+        raise AdapterError(f"adapter style {style!r}: expected one of {', '.join(STYLES)}")
+    if style == "lin":
+        if placement != "ffn":
+            raise AdapterError(f"adapter style 'lin' puts one adapter at each block's output: placement {placement!r} "
+                               "does not apply (use placement 'ffn', or style 'houlsby')")
+        return list(_layer_stack(lm))
     sites = []
     for index, layer in enumerate(_layer_stack(lm)):
         for kind in PLACEMENTS[placement]:
@@ -112,24 +132,27 @@ def attach_adapters(
     placement: str = "ffn",
     init_std: float = 0.02,
     params_percent: float | None = None,
+    style: str = "houlsby",
 ) -> list[BottleneckAdapter]:
-    """Attach one trainable adapter per site (``bottleneck`` wide, or sized by ``params_percent``).
+    """Attach one trainable adapter per site (``bottleneck`` wide, or sized by ``params_percent``),
+    of ``style`` houlsby or lin (module docstring).
 
     The LM's own parameters are left as they are (the caller freezes them); the adapters are
     created on the LM's device and dtype and require grad.
     """
     if any(CHILD in n for n, _ in lm.named_modules()):
         raise AdapterError("this LM already has bottleneck adapters attached")
-    sites = adapter_sites(lm, placement)
+    sites = adapter_sites(lm, placement, style)
     dim = lm.config.hidden_size
     if params_percent is not None:
-        bottleneck = bottleneck_for_percent(params_percent, lm_parameter_count(lm), dim, len(sites))
+        bottleneck = bottleneck_for_percent(params_percent, lm_parameter_count(lm), dim, len(sites), style)
     if bottleneck is None or bottleneck < 1:
         raise AdapterError(f"adapter bottleneck must be >= 1 (got {bottleneck}); or give params_percent")
     reference = next(lm.parameters())
+    eps = (getattr(lm.config, "layer_norm_epsilon", None) or 1e-5) if style == "lin" else None
     adapters = []
     for sublayer in sites:
-        adapter = BottleneckAdapter(dim, bottleneck, init_std).to(device=reference.device, dtype=reference.dtype)
+        adapter = BottleneckAdapter(dim, bottleneck, init_std, layer_norm_eps=eps).to(device=reference.device, dtype=reference.dtype)
         sublayer.add_module(CHILD, adapter)
         sublayer.register_forward_hook(adapter.hook)
         adapters.append(adapter)
@@ -147,6 +170,7 @@ def describe(adapters: list[BottleneckAdapter], placement: str) -> dict:
         "format": FORMAT,
         "version": 1,
         "placement": placement,
+        "style": "lin" if first.layer_norm is not None else "houlsby",
         "bottleneck": first.down.out_features,
         "hidden_size": first.down.in_features,
         "adapters": len(adapters),
@@ -186,7 +210,9 @@ def load_adapters(directory: Path, lm: nn.Module) -> list[BottleneckAdapter]:
         raise AdapterError(f"{directory}: format {info.get('format')!r}, expected {FORMAT!r}")
     if info["hidden_size"] != lm.config.hidden_size:
         raise AdapterError(f"{directory}: trained for hidden size {info['hidden_size']}, this LM has {lm.config.hidden_size}")
-    adapters = attach_adapters(lm, bottleneck=info["bottleneck"], placement=info["placement"])
+    # an export without "style" was written before Lin-style adapters existed: Houlsby-style
+    adapters = attach_adapters(lm, bottleneck=info["bottleneck"], placement=info["placement"],
+                               style=info.get("style", "houlsby"))
     expected = set(adapter_state(lm))
     if set(state) != expected:
         raise AdapterError(

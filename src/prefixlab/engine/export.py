@@ -3,13 +3,15 @@
 ``prefix/prefix.safetensors``: for each site ``<site>.keys`` and ``<site>.values``,
 [num_layers, num_kv_heads, prefix_len, head_dim].
 ``prefix/prefix_config.json``: format version, base model id, model type, geometry,
-prefix length, method, and whatever metadata the caller adds.
+prefix length, method, how the base model was built (``base_model_build``: ``BaseModelBuild``;
+absent in older exports, which mean the pretrained model of that name), and whatever metadata
+the caller adds.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -75,6 +77,101 @@ def _check_config(config: dict, config_path: Path) -> None:
             raise bad(f"geometry.sites.{site}", f"an object of positive integers {', '.join(_SITE_FIELDS)}", fields)
 
 
+BUILD_KEY = "base_model_build"
+
+
+@dataclass(frozen=True)
+class BaseModelBuild:
+    """How the frozen base model of a run was built: what rebuilding it for the export needs.
+
+    A pretrained model is its name (plus dtype and attention kernel, which change numerics, not
+    weights). A random-init model (``model.random_init``, the tiny debugging models) is its name,
+    ``config_overrides`` and the torch seed its weights were drawn from: ``torch.manual_seed(seed)``
+    then ``load_lm(..., random_init=True)`` draws the same weights, and ``weights_sha256`` (of the
+    weights as built) proves it at rebuild time: a rebuild that differs is refused, never used.
+    """
+
+    name_or_path: str
+    random_init: bool = False
+    config_overrides: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    seed: int | None = None
+    weights_sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> "BaseModelBuild":
+        """One PrefixFormatError line naming the field for a damaged record."""
+        def bad(name: str, expected: str, value) -> PrefixFormatError:
+            return PrefixFormatError(f"{where}: {BUILD_KEY}.{name} is {value!r}; expected {expected}")
+
+        if not isinstance(data, dict):
+            raise PrefixFormatError(f"{where}: {BUILD_KEY} is {data!r}; expected a JSON object")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise PrefixFormatError(f"{where}: {BUILD_KEY} has unknown fields {unknown} (written by a newer prefixlab?)")
+        for name in ("name_or_path", "dtype", "attn_implementation"):
+            if name in data and (not isinstance(data[name], str) or not data[name]):
+                raise bad(name, "a non-empty string", data[name])
+        if not isinstance(data.get("random_init", False), bool):
+            raise bad("random_init", "true or false", data["random_init"])
+        if not isinstance(data.get("config_overrides", {}), dict):
+            raise bad("config_overrides", "a JSON object", data["config_overrides"])
+        seed = data.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise bad("seed", "an integer", seed)
+        if data.get("random_init") and (seed is None or not data.get("weights_sha256")):
+            raise PrefixFormatError(f"{where}: {BUILD_KEY} says random_init but records no seed and weights_sha256: "
+                                    "its random base model cannot be rebuilt (retrain with this prefixlab)")
+        if "name_or_path" not in data:
+            raise bad("name_or_path", "a non-empty string", "missing")
+        return cls(**data)
+
+    def describe(self) -> str:
+        """One phrase for messages and model cards."""
+        if not self.random_init:
+            return self.name_or_path
+        overrides = ", ".join(f"{k}={v}" for k, v in sorted(self.config_overrides.items()))
+        return f"{self.name_or_path} with random weights (seed {self.seed}{'; ' + overrides if overrides else ''})"
+
+
+def weights_sha256(model) -> str:
+    """A fingerprint of a module's weights: SHA-256 over every state-dict tensor's name, dtype,
+    shape and bytes, in name order (equal exactly when ``torch.equal`` holds for every tensor)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_prefix_fits(prefix: PrefixGeometry, model: PrefixGeometry, where: str, model_name: str) -> None:
+    """Does a prefix of geometry ``prefix`` fit a model of geometry ``model``? The one check that
+    generation, evaluation and the encoder path share: the same model type, and for each of the
+    prefix's sites the model's layers, key/value heads and head size. Raises PrefixFormatError
+    naming the first difference."""
+    if prefix.model_type != model.model_type:
+        raise PrefixFormatError(f"{where} is for a {prefix.model_type!r} model, not {model_name} ({model.model_type!r})")
+    for site, g in prefix.sites.items():
+        have = model.sites.get(site)
+        if have is None:
+            raise PrefixFormatError(f"{where} has a prefix for attention site {site!r}, which {model_name} does not "
+                                    f"have (its sites: {', '.join(sorted(model.sites))})")
+        if have != g:
+            raise PrefixFormatError(
+                f"{where} does not fit the geometry of {model_name}: at {site} the prefix has {g.num_layers} layers x {g.num_kv_heads} "
+                f"kv heads x head dim {g.head_dim}, the model {have.num_layers} x {have.num_kv_heads} x {have.head_dim} "
+                "(give the base model it was trained on)")
+
+
 @dataclass
 class ExportedPrefix:
     activations: PrefixActivations
@@ -83,6 +180,7 @@ class ExportedPrefix:
     prefix_length: int
     method: str
     metadata: dict = field(default_factory=dict)
+    base_build: BaseModelBuild | None = None  # None: the pretrained model base_model names (older exports)
 
 
 def export_activations(encoder) -> PrefixActivations:
@@ -113,6 +211,7 @@ def save_prefix(directory: Path, exported: ExportedPrefix) -> Path:
         "prefix_length": exported.prefix_length,
         "method": exported.method,
         "metadata": exported.metadata,
+        **({BUILD_KEY: exported.base_build.to_dict()} if exported.base_build is not None else {}),
     }
 
     def fill(work: Path) -> None:
@@ -149,10 +248,15 @@ def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None
         raise PrefixFormatError(
             f"{directory} was trained for base model {config['base_model']!r}, not {expected_model!r}"
         )
-    if expected_geometry is not None and geometry != expected_geometry:
-        raise PrefixFormatError(
-            f"{directory} has geometry {geometry.to_dict()}, but the model has {expected_geometry.to_dict()}"
-        )
+    build = BaseModelBuild.from_dict(config[BUILD_KEY], str(config_path)) if BUILD_KEY in config else None
+    if build is not None and build.name_or_path != config["base_model"]:
+        raise PrefixFormatError(f"{config_path}: {BUILD_KEY}.name_or_path {build.name_or_path!r} is not "
+                                f"base_model {config['base_model']!r}; the export is inconsistent")
+    if expected_geometry is not None:
+        if set(geometry.sites) != set(expected_geometry.sites):
+            raise PrefixFormatError(f"{directory} has prefixes for sites {sorted(geometry.sites)}, "
+                                    f"the model's geometry has {sorted(expected_geometry.sites)}")
+        check_prefix_fits(geometry, expected_geometry, str(directory), "the model")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -178,4 +282,5 @@ def load_prefix(directory: Path, expected_geometry: PrefixGeometry | None = None
         prefix_length=config["prefix_length"],
         method=config["method"],
         metadata=config.get("metadata", {}),
+        base_build=build,
     )

@@ -99,9 +99,16 @@ class EmbeddingPrompt(nn.Module):
     LM computes for those positions when they are prepended at the input, so the rest of
     the engine (generation, mixed batches, export) serves it unchanged, and it exports
     the same flat format as prefix-tuning.
+
+    ``mid_dim`` None: the k embeddings are the parameters ("raw"). ``mid_dim`` set: the original
+    code's default, the embeddings are reparameterized like the prefix's activations,
+    table [k, d] -> [Linear(., mid_dim) -> Tanh] x mlp_layers -> Linear(mid_dim, d) -> the k input
+    embeddings, and the MLP is dropped at export (what is exported is the cache, as above).
+    The table starts as the embeddings of ``init_token_ids`` (random vocabulary items without them).
     """
 
-    def __init__(self, lm: nn.Module, prompt_length: int, init_token_ids: list[int] | None = None) -> None:
+    def __init__(self, lm: nn.Module, prompt_length: int, init_token_ids: list[int] | None = None,
+                 mid_dim: int | None = None, mlp_layers: int = 1) -> None:
         super().__init__()
         embeddings = lm.get_input_embeddings().weight
         if init_token_ids is None:
@@ -109,11 +116,22 @@ class EmbeddingPrompt(nn.Module):
             init_token_ids = torch.randint(0, embeddings.shape[0], (prompt_length,)).tolist()
         self.embeddings = nn.Parameter(embeddings[init_token_ids].detach().clone().float())
         self.prefix_length = prompt_length
+        self.mlp: nn.Sequential | None = None
+        if mid_dim is not None:
+            dim, layers, width = embeddings.shape[1], [], embeddings.shape[1]
+            for _ in range(mlp_layers):
+                layers += [nn.Linear(width, mid_dim), nn.Tanh()]
+                width = mid_dim
+            self.mlp = nn.Sequential(*layers, nn.Linear(width, dim)).to(embeddings.device)
         object.__setattr__(self, "_lm", lm)  # not a submodule: the LM's weights are not ours
+
+    def input_embeddings(self) -> torch.Tensor:
+        """The k input embeddings [k, d] (float32): the table itself, or the MLP's output."""
+        return self.embeddings if self.mlp is None else self.mlp(self.embeddings)
 
     def forward(self) -> PrefixActivations:
         lm = self._lm
-        embeddings = self.embeddings.to(lm.get_input_embeddings().weight.dtype)[None]
+        embeddings = self.input_embeddings().to(lm.get_input_embeddings().weight.dtype)[None]
         mask = torch.ones(1, self.prefix_length, dtype=torch.long, device=embeddings.device)
         cache = lm(inputs_embeds=embeddings, attention_mask=mask, use_cache=True).past_key_values
         keys = torch.stack([layer.keys for layer in cache.layers])

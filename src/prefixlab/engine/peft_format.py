@@ -20,6 +20,9 @@ from prefixlab.engine.parameterization import rows_to_site_prefix, site_prefix_t
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+# PEFT's config names the base model only: how prefixlab built it (random init, overrides, seed) goes
+# into a file of its own, which PEFT ignores and prefixlab-convert / -generate read back.
+PREFIXLAB_BUILD_FILE = "prefixlab_base_model.json"
 
 
 def _decoder_site(geometry: PrefixGeometry):
@@ -30,8 +33,10 @@ def _decoder_site(geometry: PrefixGeometry):
     return geometry.sites["decoder_self"]
 
 
-def save_peft_prefix(directory: Path, activations: PrefixActivations, geometry: PrefixGeometry, base_model: str) -> Path:
-    """Write a prefix that ``PeftModel.from_pretrained(base, directory)`` loads."""
+def save_peft_prefix(directory: Path, activations: PrefixActivations, geometry: PrefixGeometry, base_model: str,
+                     base_build=None) -> Path:
+    """Write a prefix that ``PeftModel.from_pretrained(base, directory)`` loads; ``base_build``
+    (a ``BaseModelBuild``), if given, into ``prefixlab_base_model.json`` beside it."""
     from peft import PrefixTuningConfig
     from safetensors.torch import save_file
 
@@ -54,6 +59,8 @@ def save_peft_prefix(directory: Path, activations: PrefixActivations, geometry: 
     def fill(work: Path) -> None:
         config.save_pretrained(str(work))
         save_file({"prompt_embeddings": rows}, str(work / PEFT_WEIGHTS))
+        if base_build is not None:
+            (work / PREFIXLAB_BUILD_FILE).write_text(json.dumps(base_build.to_dict(), indent=2, sort_keys=True) + "\n")
 
     return atomic_replace_dir(Path(directory), fill)
 

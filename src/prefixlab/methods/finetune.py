@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from torch import nn
+if TYPE_CHECKING:  # torch only in type hints: the CLI imports this module for its schema
+    from torch import nn
 
-from prefixlab.engine.families import adapter_for
 from prefixlab.methods.registry import GENERATIVE, Check, MethodOptions, MethodSpec, register_method
 
 
@@ -21,6 +21,8 @@ class TopLayersOptions(MethodOptions):
 
     schema_name = "finetune_topk_schema"
     k: int = field(default=2, metadata={"help": "number of top layers trained (2: the paper's FT-top2)"})
+    # default false: a config without the key was written when prefixlab kept it frozen (conf/method/finetune_topk.yaml sets true)
+    train_tied_embedding: bool = field(default=False, metadata={"help": "an output head tied to the input embedding trains too, as the original FT-top2 (GPT-2's wte; conf/method/finetune_topk.yaml); false: it stays frozen"})
 
     def checks(self, spec: MethodSpec) -> list[Check]:
         return [(self.k >= 1, "k", self.k, "must be >= 1")]
@@ -31,7 +33,10 @@ def unfreeze_all(method: Mapping[str, Any], lm: nn.Module) -> None:
 
 
 def unfreeze_top_layers(method: Mapping[str, Any], lm: nn.Module) -> None:
-    """The top ``method.k`` layers, the final norm and an untied output head train."""
+    """The top ``method.k`` layers, the final norm and the output head train; a head tied to the input
+    embedding (GPT-2, SmolLM2) only with ``method.train_tied_embedding``."""
+    from prefixlab.engine.families import adapter_for  # torch: only when a run prepares its LM
+
     family = adapter_for(lm)  # where this family keeps the layer stack the head reads, and its final norm
     layers = family.layers(lm)
     k = method["k"]
@@ -43,9 +48,11 @@ def unfreeze_top_layers(method: Mapping[str, Any], lm: nn.Module) -> None:
     if norm is not None:
         norm.requires_grad_(True)
     head = lm.get_output_embeddings()
-    # A tied head is the input embedding table (SmolLM2, GPT-2): leave it frozen, as the
-    # paper's FT-top2 tunes the top layers, not the vocabulary.
-    if head is not None and head.weight is not lm.get_input_embeddings().weight:
+    # A tied head is the input embedding table (SmolLM2, GPT-2). The original FT-top2 trains it (GPT-2's
+    # wte, so the input embeddings move too); train_tied_embedding=false keeps it frozen. A method dict
+    # without the key predates it: it kept the table frozen.
+    tied = head is not None and head.weight is lm.get_input_embeddings().weight
+    if head is not None and (not tied or method.get("train_tied_embedding", False)):
         head.requires_grad_(True)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from torch import nn
+if TYPE_CHECKING:  # torch only in type hints: the CLI imports this module for its schema
+    from torch import nn
 
 from prefixlab.methods.registry import GENERATIVE, Check, MethodOptions, MethodSpec, get_method, register_method
 

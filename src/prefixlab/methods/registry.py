@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from torch import nn
+if TYPE_CHECKING:  # the CLI imports the registry for the schemas: no torch until a run needs it
+    from torch import nn
 
 # The kinds of model a method may fit (``MethodSpec.models``).
 DECODER = "decoder-only"
@@ -72,6 +73,8 @@ class MethodSpec:
     is_prefix: it trains a prefix encoder (``build_prefix``) on the frozen model, and its LM export is the
         prefix activations (``engine/export.py``); zero-shot evaluation and ``method.init=text`` apply.
     uses_mlp: its prefix is the output of the reparameterization MLP: ``method.mid_dim`` is required.
+    mlp_optional: the MLP is a switch: ``method.mid_dim`` set trains through it, null trains the raw form
+        (EMB-k); not with ``uses_mlp``.
     target_only: an infix: only the target sees the prefix (exported with placement "infix").
     packable: jobs of it can share one frozen LM (``launcher=packed``): it trains a prefix only.
     uses_bottleneck: it is sized by ``method.bottleneck`` / ``method.adapter_params_percent``
@@ -95,6 +98,7 @@ class MethodSpec:
     models: frozenset[str]
     is_prefix: bool = False
     uses_mlp: bool = False
+    mlp_optional: bool = False
     target_only: bool = False
     packable: bool = False
     uses_bottleneck: bool = False
@@ -121,8 +125,10 @@ class MethodSpec:
             problems.append("a prefix method (is_prefix) has a build_prefix, and only a prefix method has one")
         if self.is_prefix != (self.export_format == "prefix"):
             problems.append("a prefix method (is_prefix) exports a prefix (export_format='prefix'), and only a prefix method")
-        if (self.uses_mlp or self.target_only or self.packable) and not self.is_prefix:
-            problems.append("uses_mlp, target_only and packable apply to prefix methods (is_prefix) only")
+        if (self.uses_mlp or self.mlp_optional or self.target_only or self.packable) and not self.is_prefix:
+            problems.append("uses_mlp, mlp_optional, target_only and packable apply to prefix methods (is_prefix) only")
+        if self.uses_mlp and self.mlp_optional:
+            problems.append("uses_mlp (the MLP is required) and mlp_optional (a switch) exclude each other")
         if "name" in self.checkpoint_keys:
             problems.append("checkpoint_keys: 'name' is always checked; list the method's own keys")
         if not (isinstance(self.options, type) and issubclass(self.options, MethodOptions) and is_dataclass(self.options)):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
 
 from prefixlab.config import TrainerConfig
 from prefixlab.run.artifacts import atomic_write
+from prefixlab.run.progress import progress_callbacks
+
+if TYPE_CHECKING:
+    from prefixlab.training.best_checkpoint import Monitoring
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,10 +28,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
-def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
-    checkpoint = ModelCheckpoint(
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` every N optimizer steps. It is written at the end of a training
+    batch, before the validation of that step; Lightning then skips that validation on resume. With
+    a best checkpoint (``training/best_checkpoint.py``) that validation updates checkpointed state
+    (the best score, early stopping's count), so ``last.ckpt`` is written again after it, and also
+    after a validation that wrote ``best.ckpt``: a resume then starts from the state after that
+    validation, and ``last.ckpt`` is never older than ``best.ckpt`` (so a stop signal or the end
+    of training, which skip a step already saved, leave a ``last.ckpt`` at that step)."""
+
+    def __init__(self, best: ModelCheckpoint | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.best = best
+
+    @property
+    def state_key(self) -> str:
+        # the key the plain ModelCheckpoint had: checkpoints written before this class still restore its state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # skips a step already saved
+        if (self.best is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or trainer.fast_dev_run):
+            return
+        # ModelCheckpoints run after the other callbacks (early stopping) and in list order: best, then this
+        if trainer.global_step > 0 and trainer.global_step in (self._last_global_step_saved, self.best._last_global_step_saved):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Sequence[pl.Callback] = (),
+                  monitoring: "Monitoring | None" = None) -> pl.Trainer:
+    """``monitoring`` (``training/best_checkpoint.Monitoring``): early stopping and ``best.ckpt``, if asked for."""
+    watching = monitoring.callbacks(run_dir / "checkpoints") if monitoring is not None else []
+    checkpoint = LastCheckpoint(
+        best=next((c for c in watching if isinstance(c, ModelCheckpoint)), None),
         dirpath=str(run_dir / "checkpoints"),
-        save_last=True,
+        save_last=not config.fast_dev_run,  # Lightning's on_train_end saves last.ckpt even in a smoke test
         save_top_k=0,
         every_n_train_steps=config.checkpoint_every_n_steps or max(1, min(50, config.max_steps)),
         enable_version_counter=False,  # always last.ckpt, also when resuming from another folder's checkpoint
@@ -48,8 +85,14 @@ def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Seque
         log_every_n_steps=config.log_every_n_steps,
         enable_progress_bar=config.enable_progress_bar,
         deterministic=config.deterministic,
+        # Lightning's smoke test (loggers and checkpoints off) and batch limits: cli/train.py marks such a run's results
+        fast_dev_run=config.fast_dev_run,
+        limit_val_batches=config.limit_val_batches,
+        limit_test_batches=config.limit_test_batches,
         logger=logger,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *callbacks],
+        # best.ckpt's callback before last.ckpt's: LastCheckpoint.on_validation_end reads what it saved
+        callbacks=[*watching, checkpoint, LearningRateMonitor(logging_interval="step"),
+                   *progress_callbacks(config.enable_progress_bar), *callbacks],
         plugins=[AtomicCheckpointIO()],
     )
 

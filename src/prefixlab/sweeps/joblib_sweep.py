@@ -7,7 +7,7 @@ and the sweep ends in a TerminatedWorkerError. Here joblib's threads only wait: 
 (cloud)pickle file and handing back its ``JobReturn`` the same way. A job that ends without
 handing one back (killed by a signal, or exited) gets ``status: killed`` in its metrics.json
 (when it left no final status there) and returns NaN like any failed job, and the summary
-printed at the end of the sweep names it.
+printed at the end of the sweep names it (``prefixlab.sweeps.summary``, for every launcher).
 """
 
 from __future__ import annotations
@@ -85,34 +85,6 @@ def _run_in_own_process(idx: int, overrides: Sequence[str], state: tuple, work: 
     return _killed_return(overrides, job_dir), job_dir
 
 
-def _swept(job_overrides: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Each job's overrides that differ between jobs (all of them for a sweep of one)."""
-    values: dict[str, set[str]] = {}
-    for overrides in job_overrides:
-        for override in overrides:
-            values.setdefault(override.split("=", 1)[0], set()).add(override)
-    varying = {key for key, seen in values.items() if len(seen) > 1} or set(values)
-    return [[o for o in overrides if o.split("=", 1)[0] in varying] for overrides in job_overrides]
-
-
-def summary_lines(jobs: list[tuple[int, Sequence[str], Path | None]]) -> list[str]:
-    """One line for the sweep and one per job that did not complete: number, overrides, status, folder."""
-    statuses = []
-    for idx, overrides, job_dir in jobs:
-        try:
-            status = json.loads((Path(job_dir) / "metrics.json").read_text()).get("status", "unknown")
-        except (OSError, ValueError, TypeError):
-            status = "no metrics.json"
-        statuses.append((idx, overrides, job_dir, status))
-    counts: dict[str, int] = {}
-    for *_, status in statuses:
-        counts[status] = counts.get(status, 0) + 1
-    lines = [f"sweep summary: {len(jobs)} jobs, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    lines += [f"  job #{idx} ({' '.join(overrides)}): {status}, in {job_dir}"
-              for idx, overrides, job_dir, status in statuses if status != "completed"]
-    return lines
-
-
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
     from hydra.core.singleton import Singleton
     from hydra.core.utils import configure_log, filter_overrides, setup_globals
@@ -136,11 +108,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             for idx, overrides in enumerate(job_overrides))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    runs = [run for run, _ in ended]
-    lines = summary_lines([(initial_job_idx + idx, swept, job_dir)
-                           for idx, (swept, (_, job_dir)) in enumerate(zip(_swept(job_overrides), ended))])
-    print("\n".join(lines), file=sys.stderr if len(lines) > 1 else sys.stdout, flush=True)
-    return runs
+    # the summary (this killed job named among the others) is the sweep callback's, as for every launcher
+    return [run for run, _ in ended]
 
 
 def _job_main(payload: Path, result: Path, where: Path) -> None:

@@ -76,6 +76,10 @@ def packing_problem(settings: TrainConfig) -> str | None:
     if settings.resume not in (None, "auto"):
         return (f"resume={settings.resume}: launcher=packed resumes each pack from its own checkpoint in the sweep "
                 "folder; rerun the sweep with resume=auto and the same hydra.sweep.dir")
+    for key, asked in (("trainer.early_stopping.enabled=true", trainer.early_stopping.enabled),
+                       ("export.checkpoint=best", settings.export.checkpoint == "best")):
+        if asked:  # both need validation during training, which a pack does not run
+            return f"{key} is not supported by launcher=packed (a pack trains every job to its max_steps and exports that step)"
     if trainer.val_check_interval is not None:
         return "trainer.val_check_interval is not supported by launcher=packed (jobs are validated after training)"
     if trainer.accumulate_grad_batches != 1:
@@ -155,9 +159,8 @@ def _prepare_job(job: PackedJob, shared, model_config, device, rng_after_loading
     )
     encoder = shared.prefix_encoder.to(device)
     encoder.train()
-    train_lengths = [len(e.prompt_ids) + len(e.target_ids) for e in datamodule.splits["train"]]
     counts = module.parameter_counts()
-    print(f"[{job.run_dir}] " + run_summary(counts, task.batch_size, 1, 1, sum(train_lengths) / len(train_lengths)))
+    print(f"[{job.run_dir}] " + run_summary(counts, task.batch_size, 1, 1, datamodule.mean_train_tokens()))
     check_free_space(job.run_dir, storage_needed(counts))
     return PackedJobState(job, datamodule, module, encoder, counts, LastGoodState(), loader=datamodule.train_dataloader())
 
@@ -204,6 +207,7 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None, pac
     None: a temporary folder, removed at the end."""
     from prefixlab.errors import USER_ERRORS
     from prefixlab.engine.families import adapter_for_model_type
+    from prefixlab.run.loggers import check_loggers
     from prefixlab.training.model_loading import load_config
 
     started = time.time()
@@ -214,6 +218,7 @@ def train_packed(jobs: list[PackedJob], rows_per_forward: int | None = None, pac
     for i, job in enumerate(jobs):
         try:
             validate(job.settings)
+            check_loggers(job.settings.logger)
             problem = packing_problem(job.settings)
             if problem:
                 raise PackingError(problem)

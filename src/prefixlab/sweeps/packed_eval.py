@@ -14,6 +14,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import pytorch_lightning as pl
 import torch
 
 from prefixlab.methods import get_method
@@ -79,6 +80,26 @@ def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
 
 
 
+class LogAtTrainingEnd(pl.Callback):
+    """A packed job's evaluation metrics go to its logger at the step and epoch where its training
+    ended, as in a single run, whose evaluation runs on the Trainer that trained; the job's
+    evaluation Trainer never trained (the pack trained on another). Lightning takes a logged
+    ``step`` metric as the row's step (``LoggerConnector.log_metrics``) and writes ``epoch`` as
+    given; neither goes into metrics.json (``KEYS``)."""
+
+    KEYS = ("step", "epoch")
+
+    def __init__(self, r) -> None:
+        # after fit, a single run's Trainer counts the epoch that max_steps stopped in as done
+        self.step, self.epoch = r.step, (r.log[-1][1]["epoch"] + 1 if r.log else 0)
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("step", float(self.step))
+        pl_module.log("epoch", float(self.epoch))
+
+    on_validation_epoch_end = on_test_epoch_end = _log
+
+
 def finish_job(r, shared, started: float, packed_jobs: int) -> dict:
     """Log the job's training curve, then evaluate, export and write its results, as ``train.train``
     does; a job that diverged during training (recorded then, ``PackedPrefixModule``) only logs."""
@@ -93,19 +114,17 @@ def finish_job(r, shared, started: float, packed_jobs: int) -> dict:
     logger = None
     try:
         logger = build_logger(settings.logger, run_dir, settings.run_name, r.job.resolved, **r.job.logger_identity,
-                              tags=tags, parameter_counts=r.counts)
+                              tags=tags, parameter_counts=r.counts, resume=r.resumed_at is not None)
         every = settings.trainer.log_every_n_steps
         for step, values in r.log:
             if (step + 1) % every == 0:
-                logger.log_metrics(values, step=step)
+                for each in logger:  # build_logger returns the list of the loggers turned on
+                    each.log_metrics(values, step=step)
         if r.error is not None:
             return json.loads((run_dir / "metrics.json").read_text())
         # validate/test only: one device, whatever trainer.devices says (packing_problem allows auto or 1)
         trainer = build_trainer(dataclasses.replace(settings.trainer, devices="1"), logger, run_dir,
-                                callbacks=logger_callbacks(settings.logger))
-        # evaluation metrics are logged at the step training ended, as in a single run (whose
-        # validate runs on the Trainer that trained); the pack trained on another Trainer
-        trainer.fit_loop.epoch_loop._batches_that_stepped = r.step
+                                callbacks=[*logger_callbacks(settings.logger), LogAtTrainingEnd(r)])
         val_metrics = trainer.validate(r.module, datamodule=r.datamodule)[0]
         test_metrics = trainer.test(r.module, datamodule=r.datamodule)[0]
         r.module.export(run_dir / "prefix")
@@ -116,10 +135,13 @@ def finish_job(r, shared, started: float, packed_jobs: int) -> dict:
             "packed_jobs": packed_jobs,
             **({"resumed_at_step": r.resumed_at} if r.resumed_at is not None else {}),
             **r.counts,
-            **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items()},
+            **{k: float(v) for k, v in {**val_metrics, **test_metrics}.items() if k not in LogAtTrainingEnd.KEYS},
             "runtime_s": round(time.time() - started, 1),
         }
         write_results(run_dir, metrics, r.module.last_predictions.get("test"))
+        from prefixlab.run.model_card import write_model_card
+
+        write_model_card(run_dir, r.module, r.job.resolved, metrics)  # the job's prefix/README.md, as a single run's
         print(f"results: {run_dir} (metrics.json, predictions.jsonl, prefix/)")
         return metrics
     except Exception as error:  # this job failed; the pack's other jobs are unaffected

@@ -13,7 +13,8 @@
   and a resumed pack continues every job's order exactly, as a resumed single run does.
 * The Trainer provides the device, the precision (autocast for bf16-mixed), atomic periodic
   checkpoints of the trainable state only (``<pack dir>/checkpoints/last.ckpt``), resume, and
-  SIGINT/SIGTERM handling (``StopOnSignal``: the step finishes, the checkpoint is written).
+  SIGINT/SIGTERM handling (``StopOnSignal``: the step finishes, the checkpoint is written), and
+  the progress: the step, the ETA and each job's latest loss (``packed_progress``).
 
 Each job's training curve is kept in the module (and in the checkpoint) and reaches the job's
 own logger after training (``packed_eval.finish_job``), so only one W&B run is open at a time.
@@ -29,6 +30,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from prefixlab.sweeps.packed_progress import PackProgress, job_label
 from prefixlab.sweeps.packed_step import forward_backward
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"  # inside the pack's folder, <sweep dir>/pack-<first job number>
@@ -173,10 +175,10 @@ class PackedPrefixModule(pl.LightningModule):
         for _, j in active:
             if j.error is None:
                 j.step += 1
-        every = self.jobs[0].job.settings.trainer.log_every_n_steps
-        if self.trainer.global_step % every == 0:
-            print(f"packed step {self.trainer.global_step}: " + " ".join(
-                f"{j.job.run_dir.name}={j.log[-1][1]['train/loss']:.4f}" for _, j in active if j.error is None))
+        if self.trainer.progress_bar_callback is not None:  # each job's latest loss beside the bar (packed_progress)
+            for _, j in active:
+                if j.error is None:
+                    self.log(f"loss/{job_label(j)}", j.log[-1][1]["train/loss"], prog_bar=True, on_step=True, on_epoch=False)
         if not any(j.training for j in self.jobs):
             self.trainer.should_stop = True  # every job failed before the longest one's max_steps
 
@@ -191,8 +193,14 @@ class PackedPrefixModule(pl.LightningModule):
             self.shared.prefix_encoder = None
         print(f"prefixlab-train: error: [{j.job.run_dir}] {outcome}", file=sys.stderr)
 
+    def state_dict(self, *args, **kwargs):
+        """The jobs' encoders, never the frozen LM (as every frozen-backbone module's checkpoint)."""
+        from prefixlab.training.frozen_backbone import drop_frozen_weights
+
+        return drop_frozen_weights(self, super().state_dict(*args, **kwargs), f"shared.{self.shared.MODEL_ATTRIBUTE}.",
+                                   kwargs.get("prefix", ""))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("encoders.")}
         checkpoint["packed_jobs"] = [{"step": j.step, "log": j.log, "error": None if j.error is None else str(j.error)}
                                      for j in self.jobs]
 
@@ -237,18 +245,25 @@ def read_pack_checkpoint(path: Path, jobs: list) -> int:
 
 def build_pack_trainer(trainer_config, max_steps: int, pack_dir: Path, callbacks: list, checkpoint_every: int) -> pl.Trainer:
     """The pack's Trainer: one device, the jobs' precision, no logger (each job logs to its own),
-    atomic ``<pack_dir>/checkpoints/last.ckpt`` every ``checkpoint_every`` steps. (Test harnesses
-    patch this function, as ``runs.build_trainer`` for single runs.)"""
+    atomic ``<pack_dir>/checkpoints/last.ckpt`` every ``checkpoint_every`` steps, the step bar of
+    single runs or, without it, ``PackProgress``'s lines. (Test harnesses patch this function,
+    as ``runs.build_trainer`` for single runs.)"""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from prefixlab.run.progress import progress_callbacks
     from prefixlab.run.runs import AtomicCheckpointIO
 
     checkpoint = ModelCheckpoint(dirpath=str(pack_dir / CHECKPOINT.parent), save_last=True, save_top_k=0,
                                  every_n_train_steps=checkpoint_every, enable_version_counter=False)
+    # with the bar: the single runs' step bar, each job's latest loss beside it; without: PackProgress's lines
+    progress = progress_callbacks(trainer_config.enable_progress_bar)
+    if not trainer_config.enable_progress_bar:
+        progress.append(PackProgress(trainer_config.log_every_n_steps))
     return pl.Trainer(
         default_root_dir=str(pack_dir),
         max_steps=max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
         accelerator=trainer_config.accelerator, devices=1, precision=trainer_config.precision,
         deterministic=trainer_config.deterministic, enable_progress_bar=trainer_config.enable_progress_bar,
-        enable_model_summary=False, logger=False, callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False, logger=False, callbacks=[checkpoint, *progress, *callbacks],
+        plugins=[AtomicCheckpointIO()],
     )

@@ -28,8 +28,9 @@ class TaskOptions:
     max_target_tokens: int = field(default=32, metadata={"help": "target truncated to this many tokens in training"})
     train_size: Optional[int] = field(default=None, metadata={"help": "low-data subset of the train split (None: all)"})
     val_size: Optional[int] = field(default=100, metadata={"help": "validation examples generated (None: all); they choose a sweep's best job"})
-    test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: all)"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets above"})
+    test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: the whole test split); "
+                                                           "always the same ones, whatever subset_seed, train_size and seed"})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the train and validation subsets (never of the test set)"})
     batch_size: int = 8
     eval_batch_size: int = 8
     primary_metric: str = field(default="rougeL", metadata={"help": "the task's headline metric (without test/), e.g. bleu, accuracy"})

@@ -17,7 +17,9 @@ Data:
   ``devset.csv``, ``testset_w_refs.csv`` (columns ``mr``, ``ref``); DART:
   ``dart-v1.1.1-full-{train,dev,test}.json``. When all three split files are there they are
   the splits; when only one file is (e.g. the dev set in ../shared/data) it is split BY INPUT
-  80/10/10 with ``split_seed``, so no input's references cross splits.
+  with ``split_seed``, so no input's references cross splits: 80/10/10, or the train / validation /
+  test shares of ``split_fractions`` (e.g. [0.45, 0.10, 0.45] for a test split of 246 of the E2E dev
+  set's 547 MRs: enough test inputs to resolve effects of 1-3 BLEU).
   ``data_dir`` null: the full official splits from the Hugging Face hub (``GEM/e2e_nlg``,
   ``GEM/dart``; needs the hub or its cache). WebNLG: see ``WebNLG``.
 """
@@ -35,7 +37,7 @@ from typing import ClassVar, Optional
 from prefixlab.tasks.scoring import MetricUnavailableError, check_coco_metrics, table_to_text
 from prefixlab.tasks.base import SPLITS, Check, DataDirOptions, DataError, Example, TaskOptions
 from prefixlab.tasks.hub import load_from_hub, load_local
-from prefixlab.tasks.splits import split_by_key
+from prefixlab.tasks.splits import DEFAULT_FRACTIONS, check_fractions, split_by_key
 
 Group = tuple[str, tuple[str, ...]]  # (linearized input, its references in file order)
 
@@ -112,11 +114,30 @@ def read_dart_json(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+@dataclass
+class TableToTextOptions(DataDirOptions):
+    """``task.*`` of e2e and dart: the data, and the shares of a by-input split of one file."""
+
+    schema_name = "table_to_text_schema"
+    split_fractions: Optional[list[float]] = field(default=None, metadata={"help": (
+        "train / validation / test shares of a by-input split when task.data_dir holds one file, e.g. "
+        "[0.45, 0.10, 0.45] (null: 0.8 / 0.1 / 0.1); the test split is then the same in every run of that "
+        "split_seed. Not for the official splits (three files, or the hub)")})
+    hub_name: Optional[str] = field(default=None, metadata={"help": (
+        "the Hugging Face dataset read when task.data_dir is null (null: the task's own, GEM/e2e_nlg or GEM/dart). "
+        "E2E: GEM/e2e_nlg is the cleaned E2E (33,525 training pairs); tuetschek/e2e_nlg the original release "
+        "(42,061) that Li & Liang trained on (scale=paper)")})
+
+    def checks(self) -> list[Check]:
+        problem = None if self.split_fractions is None else check_fractions(self.split_fractions)
+        return [(problem is None, "split_fractions", self.split_fractions, problem or "")]
+
+
 class TableToText:
     """Shared by E2E and DART: subclasses name their files, reader and hub dataset."""
 
     name = ""
-    options: ClassVar[type] = DataDirOptions
+    options: ClassVar[type] = TableToTextOptions
     instruction = ""
     answer_cue = "Text:"
     score = staticmethod(table_to_text)
@@ -124,9 +145,20 @@ class TableToText:
     split_files: ClassVar[dict[str, str]] = {}
     hub_name = ""
 
-    def __init__(self, data_dir: str | None = None, split_seed: int = 0) -> None:
+    def __init__(self, data_dir: str | None = None, split_seed: int = 0, split_fractions: list[float] | None = None,
+                 hub_name: str | None = None) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir).expanduser()
+        if hub_name:  # else the class's own
+            self.hub_name = hub_name
         self.split_seed = split_seed
+        if split_fractions is not None:
+            problem = check_fractions(split_fractions)
+            if problem:
+                raise DataError(f"task.split_fractions={list(split_fractions)}: {problem}")
+            if self.data_dir is None:
+                raise DataError(f"task.split_fractions={list(split_fractions)} splits one local file, but task.data_dir=null "
+                                "reads the hub's official splits: set task.split_fractions=null, or task.data_dir to the file")
+        self.split_fractions = None if split_fractions is None else tuple(float(v) for v in split_fractions)
 
     def check_available(self) -> None:
         """Before any model loads: the data can be read and METEOR can run (Java), else one line."""
@@ -148,12 +180,15 @@ class TableToText:
     def _groups(self, split: str) -> list[Group]:
         if self.data_dir is None:
             return _group(self.hub_rows(split), f"{self.hub_name} ({split})")
-        return _local_groups(self.data_dir, tuple(sorted(self.split_files.items())), type(self), self.split_seed)[split]
+        return _local_groups(self.data_dir, tuple(sorted(self.split_files.items())), type(self), self.split_seed,
+                             self.split_fractions)[split]
 
 
 @lru_cache(maxsize=8)
-def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int) -> dict[str, list[Group]]:
-    """Every split's groups from local files (cached: the datamodule and the module both ask)."""
+def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int,
+                  fractions: tuple[float, float, float] | None = None) -> dict[str, list[Group]]:
+    """Every split's groups from local files (cached: the datamodule and the module both ask).
+    ``fractions`` (train, validation, test) apply when one file is split; None: 80/10/10."""
     files = dict(split_files)
     if data_dir.is_file():
         found = {None: data_dir}
@@ -162,6 +197,9 @@ def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int
     else:
         raise DataError(f"task.data_dir={str(data_dir)!r} does not exist")
     if len(found) == 3:
+        if fractions is not None:
+            raise DataError(f"task.split_fractions={list(fractions)} splits one file, but task.data_dir={str(data_dir)!r} "
+                            "holds the official train / validation / test files: set task.split_fractions=null")
         return {split: _group(task_type.read(path), str(path)) for split, path in found.items()}
     if len(found) != 1:
         raise DataError(
@@ -170,7 +208,11 @@ def _local_groups(data_dir: Path, split_files: tuple, task_type: type, seed: int
         )
     (path,) = found.values()
     groups = _group(task_type.read(path), str(path))
-    assignment = split_by_key([s for s, _ in groups], seed)
+    _, validation_share, test_share = fractions or DEFAULT_FRACTIONS
+    try:
+        assignment = split_by_key([s for s, _ in groups], seed, validation_share, test_share)
+    except ValueError as error:
+        raise DataError(f"{path}: task.split_fractions={list(fractions or DEFAULT_FRACTIONS)}: {error}") from error
     return {split: [g for g in groups if assignment[g[0]] == split] for split in SPLITS}
 
 
@@ -181,11 +223,12 @@ def _hub_dataset(name: str, split: str):
 
 
 def _hub_pairs(rows, source_of) -> list[tuple[str, str]]:
-    """GEM rows carry ``target`` (train: one per row) and ``references`` (validation/test)."""
+    """GEM rows carry ``target`` (train: one per row) and ``references`` (validation/test); the original
+    E2E release (tuetschek/e2e_nlg) one ``human_reference`` per row (rows of an MR are grouped later)."""
     pairs = []
     for row in rows:
         source = source_of(row)
-        refs = [r for r in (row.get("references") or []) if r] or [row.get("target") or ""]
+        refs = [r for r in (row.get("references") or []) if r] or [row.get("target") or row.get("human_reference") or ""]
         pairs += [(source, r) for r in refs]
     return pairs
 

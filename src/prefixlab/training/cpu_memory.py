@@ -63,7 +63,11 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "1") == "0" or _user_tuned_allocator():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc's soname first: find_library runs /sbin/ldconfig in a subprocess to look it up
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt  # glibc only: musl and others have no mallopt
     except (OSError, AttributeError):
         return False

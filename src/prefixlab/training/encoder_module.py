@@ -99,6 +99,9 @@ class EncoderTaskModule(FrozenBackboneModule):
         super().__init__()
         self.save_hyperparameters()
         encoder = freeze_for_training(load_encoder(model, kind, labels), bool(model.get("gradient_checkpointing")))
+        from prefixlab.training.base_model import record_build
+
+        self.base_build = record_build(model, encoder)  # with the head as drawn: a rebuild draws it again
         encoder.requires_grad_(False)
         for p in trainable_head_parameters(encoder):
             p.requires_grad_(True)
@@ -192,9 +195,11 @@ class EncoderTaskModule(FrozenBackboneModule):
             "format": HEAD_FORMAT, "format_version": HEAD_FORMAT_VERSION, "base_model": hp.model["name_or_path"],
             "model_class": type(model).__name__, "kind": hp.kind, "labels": list(hp.labels) if hp.labels else None,
             "task": hp.task_name, "method": hp.method["name"], "max_answer_tokens": hp.max_answer_tokens,
-            "tensors": names,
+            "tensors": names, "base_model_build": self.base_build.to_dict(),
         }
         exported = self._exported_prefix({"task": hp.task_name, "head": HEAD_WEIGHTS}) if self.is_prefix_method else None
+        if exported is not None:
+            exported.base_build = self.base_build
 
         def fill(work: Path) -> None:
             if exported is not None:
@@ -248,10 +253,17 @@ def load_encoder_export(directory: Path, model: dict | None = None):
     ``model``: the model section to load (default: the export's base model, float32)."""
     from prefixlab.training.model_loading import load_tokenizer
 
+    from prefixlab.training.base_model import model_section, read_base_build, rebuild_under_seed
+
     config = read_head_config(directory)
-    # only the base model's name is read from the export: an export folder never opts in to remote code
-    model = model or {"name_or_path": config["base_model"], "trust_remote_code": False}
-    encoder = load_encoder(model, config["kind"], config["labels"]).eval()
+    build = read_base_build(directory) if model is None else None
+    if build is not None:  # the recorded base (random weights: drawn again from their seed, checked)
+        model = model_section(build)
+        encoder = rebuild_under_seed(build, lambda: load_encoder(model, config["kind"], config["labels"])).eval()
+    else:
+        # only the base model's name is read from the export: an export folder never opts in to remote code
+        model = model or {"name_or_path": config["base_model"], "trust_remote_code": False}
+        encoder = load_encoder(model, config["kind"], config["labels"]).eval()
     prefix = attach_export(encoder, directory)
     tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
     return PrefixedEncoder(encoder).eval(), prefix, tokenizer, config

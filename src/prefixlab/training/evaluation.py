@@ -34,6 +34,7 @@ class Source:
     base_model: str | None = None  # the model the source was made for, where it says
     hyper_parameters: dict | None = None  # a checkpoint's
     global_step: int | None = None
+    base_build: Any = None  # an export's BaseModelBuild (engine/export.py), where it records one
 
 
 def describe_source(source: str | None) -> Source:
@@ -47,16 +48,20 @@ def describe_source(source: str | None) -> Source:
         raise EvaluationSourceError(f"eval.source={source!r}: no such file or folder")
     from prefixlab.engine.peft_format import is_peft_prefix
 
+    from prefixlab.training.base_model import read_base_build
+
     if (path / "head_config.json").is_file():
         from prefixlab.training.encoder_module import read_head_config
 
-        return Source("encoder_export", path, read_head_config(path)["base_model"])
+        return Source("encoder_export", path, read_head_config(path)["base_model"], base_build=read_base_build(path))
     if (path / "prefix_config.json").is_file():
         from prefixlab.engine.export import load_prefix
 
-        return Source("prefix", path, load_prefix(path).base_model)  # every field checked: one line if bad
+        exported = load_prefix(path)  # every field checked: one line if bad
+        return Source("prefix", path, exported.base_model, base_build=exported.base_build)
     if is_peft_prefix(path):
-        return Source("peft_prefix", path)
+        build = read_base_build(path)
+        return Source("peft_prefix", path, build.name_or_path if build else None, base_build=build)
     if (path / "prefix" / "prefix_config.json").is_file() or (path / "checkpoints" / "last.ckpt").is_file():
         hint = path / "prefix" if (path / "prefix").is_dir() else path / "checkpoints" / "last.ckpt"
         raise EvaluationSourceError(f"eval.source={source!r} is a run folder; give its export or checkpoint, e.g. {hint}")
@@ -78,6 +83,21 @@ def _checkpoint(path: Path) -> Source:
         raise CheckpointError(f"checkpoint {path} is not a prefixlab training checkpoint")
     checked = read_checkpoint(path, model, method, task_name)
     return Source("checkpoint", path, model["name_or_path"], hp, checked["global_step"])
+
+
+def adopt_recorded_model(source: Source, settings, resolved: dict) -> bool:
+    """An export that records its base model's build is evaluated on that model (a random-init one
+    drawn again from its seed), whatever ``model=`` says, as a checkpoint is; returns whether it did."""
+    if source.kind == "checkpoint" or source.base_build is None:
+        return False
+    from prefixlab.training.base_model import model_section
+
+    recorded = model_section(source.base_build)
+    recorded.pop("gradient_checkpointing")
+    resolved["model"] = {**resolved["model"], **recorded}
+    for key, value in recorded.items():
+        setattr(settings.model, key, value)
+    return True
 
 
 def check_model_matches(source: Source, model_name: str) -> None:
@@ -113,9 +133,13 @@ def build_lm_module(source: Source, resolved: dict, task_name: str, eval_zero_sh
         return module
     # an exported or absent prefix: the module of a flat prefix (no MLP), its prefix replaced below
     method = {**resolved["method"], "name": "prefix_flat", "mid_dim": None, "init": "random"}
-    module = PrefixTuningModule(model=resolved["model"], method=method, optim=resolved["optim"],
-                                generation=resolved["generation"], task_name=task_name,
-                                eval_zero_shot=eval_zero_shot and source.kind != "none", max_steps=1)
+
+    def make():
+        return PrefixTuningModule(model=resolved["model"], method=method, optim=resolved["optim"],
+                                  generation=resolved["generation"], task_name=task_name,
+                                  eval_zero_shot=eval_zero_shot and source.kind != "none", max_steps=1)
+
+    module = _rebuilt(source, make)
     if source.kind == "none":
         module.prefixed.prefix_encoder = None
         module.is_prefix_method = False
@@ -124,17 +148,27 @@ def build_lm_module(source: Source, resolved: dict, task_name: str, eval_zero_sh
     return module
 
 
+def _rebuilt(source: Source, make):
+    """``make()`` (a module that builds its base model) as the export's recorded build: a random-init
+    base drawn from its seed, then checked against the recorded fingerprint (one line if it differs)."""
+    build = source.base_build
+    if build is None:
+        return make()
+    from prefixlab.training.base_model import check_rebuilt, seeded_like
+
+    built = seeded_like(build, make)
+    check_rebuilt(build, (built[1] if isinstance(built, tuple) else built).base_build)
+    return built
+
+
 def load_prefix_activations(source: Source, geometry):
-    from prefixlab.engine.export import PrefixFormatError, load_prefix
+    from prefixlab.engine.export import PrefixFormatError, check_prefix_fits, load_prefix
     from prefixlab.engine.peft_format import load_peft_prefix
 
     if source.kind == "peft_prefix":
         return load_peft_prefix(source.path, geometry)
     exported = load_prefix(source.path)
-    fits = exported.geometry.model_type == geometry.model_type and all(
-        geometry.sites.get(site) == g for site, g in exported.geometry.sites.items())
-    if not fits:
-        raise PrefixFormatError(f"{source.path}: geometry {exported.geometry.to_dict()} does not fit the model ({geometry.to_dict()})")
+    check_prefix_fits(exported.geometry, geometry, str(source.path), "the model")
     if exported.metadata.get("placement") == "infix":
         raise PrefixFormatError(f"{source.path} is an infix; evaluate its training checkpoint instead (the infix's "
                                 "visibility comes from its method)")
@@ -159,7 +193,7 @@ def build_encoder_module(source: Source, settings, resolved: dict):
                                     "an encoder export (head_config.json); a bare encoder has no trained head")
     if source.kind == "checkpoint":
         resolved = {**resolved, "model": source.hyper_parameters["model"], "method": source.hyper_parameters["method"]}
-    datamodule, module = build_encoder_run(settings, resolved)
+    datamodule, module = _rebuilt(source, lambda: build_encoder_run(settings, resolved))
     if source.kind == "checkpoint":
         load_trainable_state(source.path, module)
     else:

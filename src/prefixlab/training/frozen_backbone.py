@@ -42,6 +42,18 @@ def freeze_for_training(backbone: torch.nn.Module, gradient_checkpointing: bool)
     return backbone
 
 
+def drop_frozen_weights(module: torch.nn.Module, state: dict, frozen_key: str, prefix: str = "") -> dict:
+    """``state`` (``module``'s state_dict, its keys under ``prefix``) without the frozen weights of
+    the submodule at ``frozen_key`` (its state-dict prefix, e.g. ``prefixed.lm.``): the keys there
+    that are not trainable parameters. Shared by every module that holds a frozen backbone (this
+    base, the packed sweeps' ``PackedPrefixModule``), so checkpoints never hold the frozen LM."""
+    frozen_key = prefix + frozen_key
+    trainable = {prefix + name for name, p in module.named_parameters() if p.requires_grad}
+    for key in [k for k in state if k.startswith(frozen_key) and k not in trainable]:
+        del state[key]  # in place: a parent module's state_dict passes its own dict as destination
+    return state
+
+
 class FrozenBackboneModule(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -77,13 +89,7 @@ class FrozenBackboneModule(pl.LightningModule):
     def state_dict(self, *args, **kwargs):
         """Trainable parameters and all state outside the backbone: frozen weights are rebuilt
         from the model's name, never saved (Lightning saves this dict in checkpoints)."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        frozen_key = prefix + self._backbone_key()
-        trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
-        for key in [k for k in state if k.startswith(frozen_key) and k not in trainable]:
-            del state[key]  # in place: a parent module's state_dict passes its own dict as destination
-        return state
+        return drop_frozen_weights(self, super().state_dict(*args, **kwargs), self._backbone_key(), kwargs.get("prefix", ""))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)

@@ -20,6 +20,7 @@ from prefixlab.engine.prefixed_seq2seq import PrefixedSeq2SeqLM
 from prefixlab.engine.mixing import with_visibility
 from prefixlab.training.frozen_backbone import FrozenBackboneModule, freeze_for_training
 from prefixlab.methods import build_prefix_encoder, get_method, is_injected_parameter, unfreeze_for
+from prefixlab.training.base_model import record_build, write_base_build
 from prefixlab.training.model_loading import load_lm, load_tokenizer
 from prefixlab.tasks import build_task
 
@@ -54,6 +55,8 @@ class PrefixTuningModule(FrozenBackboneModule):
         # wrapper to every job's module; each module puts its own prefix encoder on it.
         self.save_hyperparameters(ignore=["preloaded"])
         lm = load_frozen_lm(model) if preloaded is None else preloaded.lm
+        # what the export records to rebuild this LM (a random one: its seed and weights' fingerprint)
+        self.base_build = record_build(model, lm)
         self.tokenizer = load_tokenizer(model["name_or_path"], trust_remote_code=bool(model.get("trust_remote_code", False)))
         self.task = build_task(task_name)
         self.method_spec = get_method(method["name"])  # what the method does: prefixlab.methods
@@ -173,7 +176,9 @@ class PrefixTuningModule(FrozenBackboneModule):
     # ---- export ----------------------------------------------------------------------------
     def exported_prefix(self) -> ExportedPrefix:
         placement = "infix" if self.method_spec.target_only else "prefix"
-        return self._exported_prefix({"task": self.hparams.task_name, "placement": placement})
+        exported = self._exported_prefix({"task": self.hparams.task_name, "placement": placement})
+        exported.base_build = self.base_build
+        return exported
 
     def export(self, directory: Path) -> Path:
         """What a user keeps from the run: the prefix activations for prefix methods, the PEFT
@@ -181,4 +186,7 @@ class PrefixTuningModule(FrozenBackboneModule):
         weights (safetensors) for fine-tuning: the method's ``export`` (``prefixlab.methods``)."""
         if self.method_spec.export is None:
             raise ValueError(f"method={self.method_spec.name} has no export for an LM run ({self.method_spec.summary})")
-        return self.method_spec.export(self, Path(directory))
+        directory = self.method_spec.export(self, Path(directory))
+        if not self.method_spec.exports_prefix:  # prefix_config.json holds it; other formats get a file of their own
+            write_base_build(directory, self.base_build)
+        return directory

@@ -164,8 +164,9 @@ class StopOnSignal(pl.Callback):
         self._take_over(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step > 0 and self._saved_step != trainer.global_step:
-            # last.ckpt at the final step: an evaluation interrupted later resumes without training again
+        # last.ckpt at the final step: an evaluation interrupted later resumes without training again
+        # (not after a fast_dev_run smoke test: Lightning saves no checkpoint there, resume=auto must find none)
+        if trainer.global_step > 0 and self._saved_step != trainer.global_step and not trainer.fast_dev_run:
             trainer.save_checkpoint(self.checkpoint_path)
         self._hand_back()
 

@@ -39,7 +39,16 @@ RESULT_GROUPS: dict[str, dict[str, str]] = {
 # checkpoint and logging intervals, accelerator, strategy, deterministic, eval_zero_shot) decides
 # what is evaluated, logged or where it runs, not what is trained: free to change on resume.
 RESULT_KEYS = ("seed", "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.precision",
-               "trainer.gradient_clip_val", "trainer.devices", "trainer.num_nodes")
+               "trainer.gradient_clip_val", "trainer.devices", "trainer.num_nodes",
+               "trainer.early_stopping.enabled", "export.checkpoint")
+# Early stopping and best.ckpt (training/best_checkpoint.py): recorded only while they are on, where
+# they decide when training stops and which weights are exported (and so are free to change while off).
+WATCH_KEYS = {
+    "trainer.early_stopping.patience": "trainer.early_stopping.enabled",
+    "trainer.early_stopping.min_delta": "trainer.early_stopping.enabled",
+    "optimized_metric": "watched",
+    "trainer.val_check_interval": "watched",
+}
 
 # The changes a resume can apply for real, and how they reach training.
 APPLIED_ON_RESUME = {
@@ -59,6 +68,12 @@ _NOT_APPLICABLE = {
     "seed": "the checkpoint's position in the training data is a position in this seed's shuffled order",
     "trainer.devices": "a single process resumes its data position; several shard the data differently",
     "trainer.num_nodes": "a single process resumes its data position; several shard the data differently",
+    "trainer.early_stopping.enabled": "the early-stopping count and best.ckpt come from the checkpoint's validations",
+    "trainer.early_stopping.patience": "the checkpoint's early-stopping state was counted with its patience (and brings it back)",
+    "trainer.early_stopping.min_delta": "the checkpoint's early-stopping state was counted with its min_delta",
+    "export.checkpoint": "best.ckpt is tracked only while export.checkpoint=best or early stopping is on",
+    "optimized_metric": "the checkpoint's best score and early-stopping count are of its metric",
+    "trainer.val_check_interval": "the early-stopping count is in validations at the checkpoint's interval",
     "model": "the trained state belongs to the checkpoint's LM",
     "method": "the trainable part was built and initialized from it",
     "task": "the checkpoint's position in the training data (epoch, examples consumed) would point into other examples",
@@ -68,7 +83,7 @@ _NOT_APPLICABLE = {
 
 def is_result_changing(key: str) -> bool:
     group, _, name = key.partition(".")
-    return key in RESULT_KEYS or (group in RESULT_GROUPS and bool(name) and name not in RESULT_GROUPS[group])
+    return key in RESULT_KEYS or key in WATCH_KEYS or (group in RESULT_GROUPS and bool(name) and name not in RESULT_GROUPS[group])
 
 
 def why_not_applicable(key: str) -> str:
@@ -81,7 +96,11 @@ def result_settings(resolved: dict) -> dict[str, Any]:
     checkpoint stays loadable with ``weights_only=True``."""
     flat = {f"{group}.{name}": value for group in RESULT_GROUPS for name, value in (resolved.get(group) or {}).items()}
     flat.update({key: _get(resolved, key) for key in RESULT_KEYS})
-    return {key: value for key, value in flat.items() if is_result_changing(key)}
+    settings = {key: value for key, value in flat.items() if is_result_changing(key)}
+    stopping = bool(settings["trainer.early_stopping.enabled"])
+    on = {"trainer.early_stopping.enabled": stopping, "watched": stopping or settings["export.checkpoint"] == "best"}
+    settings.update({key: _get(resolved, key) for key, when in WATCH_KEYS.items() if on[when]})
+    return settings
 
 
 def _get(resolved: dict, key: str) -> Any:
@@ -103,7 +122,7 @@ def allow_list_problem(config) -> str | None:
 
     known = {f"{top.name}.{inner.name}" if is_dataclass(group) else top.name
              for top in fields(config) for group in [getattr(config, top.name)]
-             for inner in (fields(group) if is_dataclass(group) else [top])}
+             for inner in (fields(group) if is_dataclass(group) else [top])} | {*RESULT_KEYS, *WATCH_KEYS}
     allowed = ", ".join(APPLIED_ON_RESUME)
     for entry in config.resume_allow_changes:
         if entry in APPLIED_ON_RESUME:

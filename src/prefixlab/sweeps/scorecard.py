@@ -1,0 +1,369 @@
+"""The scorecard: each claim of the paper, the paper's figure, ours with its interval, a verdict.
+
+Each experiment folder (``experiments/<name>/``) holds a ``claims.yaml``::
+
+    experiment: e2e_main_table
+    command: prefixlab-train -m experiment=e2e_main_table
+    sweeps: [multirun/experiments/e2e_main_table]   # where its sweeps are (relative to the project root)
+    metric: bleu                                    # the default metric of its claims (sweeps/significance.METRICS)
+    claims:
+      - id: prefix_beats_adapter_0p1pct
+        claim: PREFIX beats ADAPTER(0.1%) at a similar parameter budget
+        paper: "69.7 vs 66.3 BLEU (Table 1)"
+        paper_effect: 3.4          # optional: the paper's A - B, compared with what our test set can detect
+        expect: greater            # A - B > 0; or less, not_less (A - B > -margin), equivalent (|A - B| < margin)
+        a: {method: prefix}        # an arm: the overrides its jobs ran with; its runs over seeds / subsets
+        b: {method: adapter_0p1pct}
+        # or, for any weighted sum of arms: terms: [{weight: 1, arm: {...}}, {weight: -1, arm: {...}}, ...]
+
+``build_scorecard`` reads every ``claims.yaml`` under a folder, finds each arm's completed jobs in
+the experiment's sweeps (the jobs whose settings match, one run per seed / subset), compares the
+arms by a paired bootstrap over the test inputs (``sweeps/significance.py``), and writes
+``<name>/results.csv`` (one row per claim) and the scorecard table into ``README.md`` of that folder
+(between ``<!-- scorecard -->`` marks; the text around them is kept).
+
+Verdicts (``verdict``), at the interval's level (95%): a claim "A > B" *agrees* when the interval of
+A - B lies above 0, *disagrees* when it lies below 0, and is *unresolved* otherwise; the note then
+gives the smallest effect this test set detects with 80% power (``Estimate.mde``), so an
+unresolved verdict says whether more test inputs or seeds could resolve the paper's effect.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prefixlab.run.artifacts import atomic_write_text
+from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs
+from prefixlab.sweeps.significance import (Estimate, Predictions, Spread, contrast, corpus_value, get_metric, read_predictions,
+                                           seed_spread)
+from prefixlab.sweeps.table import REPEAT_KEYS, as_text
+
+EXPECTS = ("greater", "less", "not_less", "equivalent")
+VERDICTS = ("agrees", "disagrees", "unresolved")
+RESULT_COLUMNS = ["claim_id", "claim", "quantity", "metric", "n_test", "runs", "value", "ci_low", "ci_high", "p_value",
+                  "mde", "paper", "paper_effect", "verdict", "note", "arms"]
+START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
+
+
+# ---- the verdict ---------------------------------------------------------------------------------
+
+
+def verdict(estimate: Estimate, expect: str, margin: float = 0.0, paper_effect: float | None = None) -> tuple[str, str]:
+    """(verdict, note) of the claim ``expect`` about the contrast (A - B) at the interval's level.
+
+    greater: A - B > 0; less: A - B < 0; not_less: A - B > -margin (A is not worse than B by more than
+    the margin: "matches with fewer parameters"); equivalent: |A - B| < margin."""
+    if expect not in EXPECTS:
+        raise ReportError(f"expect={expect!r}: choose one of {', '.join(EXPECTS)}")
+    if expect in ("not_less", "equivalent") and not margin > 0:
+        raise ReportError(f"expect={expect} needs a margin > 0 (the largest difference that still counts as a match)")
+    lo, hi = estimate.ci_low, estimate.ci_high
+    level = f"{100 * estimate.confidence:g}%"
+    if expect == "greater":
+        result = "agrees" if lo > 0 else "disagrees" if hi < 0 else "unresolved"
+    elif expect == "less":
+        result = "agrees" if hi < 0 else "disagrees" if lo > 0 else "unresolved"
+    elif expect == "not_less":
+        result = "agrees" if lo > -margin else "disagrees" if hi < -margin else "unresolved"
+    else:
+        result = "agrees" if -margin < lo and hi < margin else "disagrees" if lo > margin or hi < -margin else "unresolved"
+    mde = estimate.mde
+    power = f"this test set (n={estimate.n_test}, {estimate.runs} runs) detects differences of {mde:.2g} or more with 80% power"
+    if result != "unresolved":
+        return result, f"the {level} interval [{lo:.2f}, {hi:.2f}] excludes {_boundary(expect, margin)}"
+    note = f"the {level} interval [{lo:.2f}, {hi:.2f}] includes {_boundary(expect, margin)}; {power}"
+    if paper_effect is not None:
+        note += (f"; the paper's effect ({paper_effect:+.2g}) is below that: more test inputs or seeds are needed"
+                 if abs(paper_effect) < mde else f"; the paper's effect ({paper_effect:+.2g}) is not below that")
+    return result, note
+
+
+def _boundary(expect: str, margin: float) -> str:
+    return {"greater": "0", "less": "0", "not_less": f"-{margin:g}", "equivalent": f"+-{margin:g}"}[expect]
+
+
+# ---- claims files -------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    id: str
+    claim: str
+    paper: str
+    expect: str
+    terms: list[tuple[float, dict[str, Any]]]
+    metric: str
+    margin: float = 0.0
+    paper_effect: float | None = None
+
+
+@dataclass
+class Experiment:
+    name: str
+    folder: Path
+    command: str
+    sweeps: list[str]
+    claims: list[Claim] = field(default_factory=list)
+
+
+def read_claims(path: Path) -> Experiment:
+    """One ``claims.yaml``; a missing or wrong key is one ReportError line naming the file and the claim."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path}: not readable YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), list):
+        raise ReportError(f"{path}: expected keys experiment, command, sweeps, metric and a list of claims")
+    name = str(data.get("experiment") or path.parent.name)
+    sweeps = data.get("sweeps") or [f"multirun/experiments/{name}"]
+    experiment = Experiment(name, path.parent, str(data.get("command", "")), [str(s) for s in sweeps])
+    for i, item in enumerate(data["claims"]):
+        where = f"{path}: claim {item.get('id', i) if isinstance(item, dict) else i}"
+        if not isinstance(item, dict):
+            raise ReportError(f"{where}: expected a mapping with id, claim, paper, expect and a / b (or terms)")
+        missing = [k for k in ("id", "claim", "paper", "expect") if k not in item]
+        if missing:
+            raise ReportError(f"{where}: missing {', '.join(missing)}")
+        if "terms" in item:
+            terms = [(float(t["weight"]), dict(t["arm"])) for t in item["terms"]]
+        elif isinstance(item.get("a"), dict) and isinstance(item.get("b"), dict):
+            terms = [(1.0, dict(item["a"])), (-1.0, dict(item["b"]))]
+        else:
+            raise ReportError(f"{where}: give the arms as a: {{...}} and b: {{...}} (A - B), or as terms: [{{weight, arm}}, ...]")
+        expect = str(item["expect"])
+        if expect not in EXPECTS:
+            raise ReportError(f"{where}: expect={expect!r}; choose one of {', '.join(EXPECTS)}")
+        metric = str(item.get("metric", data.get("metric", "bleu")))
+        try:
+            get_metric(metric)
+        except ReportError as error:
+            raise ReportError(f"{where}: {error}") from None
+        effect = item.get("paper_effect")
+        experiment.claims.append(Claim(str(item["id"]), str(item["claim"]), str(item["paper"]), expect, terms, metric,
+                                       float(item.get("margin", 0.0)), None if effect is None else float(effect)))
+    return experiment
+
+
+# ---- finding each arm's runs ----------------------------------------------------------------------
+
+
+def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
+    """The sweeps under each pattern (relative to ``root``, globs allowed): every folder holding a
+    ``multirun.yaml`` below it, or the folder itself when it holds job folders."""
+    found: list[Path] = []
+    for pattern in patterns:
+        full = str(Path(pattern) if Path(pattern).is_absolute() else root / pattern)
+        for path in map(Path, sorted(glob.glob(full)) if glob.has_magic(full) else [full]):
+            if not path.is_dir():
+                continue
+            sweeps = sorted({p.parent for p in path.rglob("multirun.yaml")})
+            found += sweeps or [path]
+    return list(dict.fromkeys(found))
+
+
+TUNED = "tuned"  # an arm's key with this value (or a list of values) is chosen on validation
+
+
+def _is_tuned(value: Any) -> bool:
+    return isinstance(value, list) or value == TUNED
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    a, b = as_number(value), as_number(wanted)
+    if a is not None and b is not None and not isinstance(value, bool) and not isinstance(wanted, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return as_text(value) == as_text(wanted)
+
+
+def _describe(arm: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        return "tuned on validation" + (f" over {as_text(v)}" if isinstance(v, list) else "") if _is_tuned(v) else as_text(v)
+
+    return ", ".join(f"{k}={value(v)}" for k, v in arm.items())
+
+
+def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where: str) -> tuple[list[Job], str]:
+    """The jobs of the setting of ``tuned`` keys with the best mean validation score (``val/<metric>``):
+    a grid tuned per arm on validation, never on test."""
+    from prefixlab.tasks.scoring.directions import lower_is_better
+
+    name = "val/" + metric.removeprefix("e2e_")
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in matched:
+        groups.setdefault(tuple(as_text(job.setting(k)) for k in tuned), []).append(job)
+    scores = {}
+    for setting, group in groups.items():
+        values = [v for job in group if (v := as_number((job.metrics or {}).get(name))) is not None and math.isfinite(v)]
+        if len(values) == len(group):
+            scores[setting] = sum(values) / len(values)
+    if not scores:
+        raise ReportError(f"{where}: no run logged {name}, so {', '.join(tuned)} cannot be chosen on validation")
+    sign = 1 if lower_is_better(name) else -1
+    best = min(scores, key=lambda setting: sign * scores[setting])
+    chosen = ", ".join(f"{k}={v}" for k, v in zip(tuned, best))
+    return groups[best], f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings)"
+
+
+def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bleu") -> tuple[list[Predictions], str]:
+    """The completed runs of one arm, ordered by their seed / subset (so arms pair by position); for a
+    seed / subset run twice, the last sweep's run. A key given a list of values (``optim.lr: [5.0e-5,
+    5.0e-4]``) or ``tuned`` (every value the sweeps ran) is tuned: the value whose runs have the best
+    mean validation score is taken, and the second item returned says which. Raises ReportError when
+    the matched jobs differ in anything but the seed / subset (the claim must name that setting)."""
+    tuned = [k for k, v in arm.items() if _is_tuned(v)]
+
+    def matches(job: Job, key: str, wanted: Any) -> bool:
+        if wanted == TUNED:
+            return True
+        return any(_same(job.setting(key), w) for w in wanted) if isinstance(wanted, list) else _same(job.setting(key), wanted)
+
+    matched = [job for job in jobs if job.status == "completed" and (job.path / "predictions.jsonl").is_file()
+               and all(matches(job, k, v) for k, v in arm.items())]
+    if not matched:
+        raise ReportError(f"{where}: no completed run with {_describe(arm)} and a predictions.jsonl")
+    chosen = ""
+    if tuned:
+        matched, chosen = _validation_choice(matched, tuned, metric, where)
+    keys = sorted({k for job in matched for k in job.overrides} - set(REPEAT_KEYS) - set(arm))
+    differing = [k for k in keys if len({as_text(job.setting(k)) for job in matched}) > 1]
+    if differing:
+        values = sorted({as_text(job.setting(differing[0])) for job in matched})
+        raise ReportError(f"{where}: the runs with {_describe(arm)} differ in {differing[0]} ({', '.join(values)}): "
+                          "add it to the arm, or list one term per value")
+    by_repeat: dict[tuple[str, ...], Job] = {}
+    for job in matched:
+        by_repeat[tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)] = job
+    ordered = sorted(by_repeat.items(), key=lambda item: tuple((as_number(v) or 0.0, v) for v in item[0]))
+    return [read_predictions(job.path / "predictions.jsonl") for _, job in ordered], chosen
+
+
+# ---- the scorecard --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    experiment: Experiment
+    claim: Claim
+    estimate: Estimate | None
+    spreads: list[Spread]  # each arm's metric over its runs (seeds, subsets), in the order of claim.terms
+    verdict: str
+    note: str
+
+    @property
+    def arm_values(self) -> list[float]:
+        return [spread.mean for spread in self.spreads]
+
+
+def _quantity(claim: Claim) -> str:
+    if len(claim.terms) == 2 and claim.terms[0][0] == 1 and claim.terms[1][0] == -1:
+        return f"({_describe(claim.terms[0][1])}) - ({_describe(claim.terms[1][1])})"
+    return " ".join(f"{w:+g} x ({_describe(arm)})" for w, arm in claim.terms)
+
+
+def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, seed: int = 0) -> list[Row]:
+    """One row per claim: the contrast with its interval and verdict, or why it could not be measured."""
+    sweeps = sweep_folders(experiment.sweeps, root)
+    jobs = find_jobs(sweeps) if sweeps else []
+    rows = []
+    for claim in experiment.claims:
+        where = f"{experiment.name}/{claim.id}"
+        try:
+            if not jobs:
+                raise ReportError(f"no sweep found under {', '.join(experiment.sweeps)} (run: {experiment.command})")
+            found = [(weight, arm_runs(jobs, arm, where, claim.metric)) for weight, arm in claim.terms]
+            arms = [(weight, runs) for weight, (runs, _) in found]
+            estimate = contrast(arms, claim.metric, resamples=resamples, seed=seed)
+        except ReportError as error:
+            rows.append(Row(experiment, claim, None, [], "unresolved", f"not measured: {error}"))
+            continue
+        spreads = [seed_spread([corpus_value(run, claim.metric) for run in runs]) for _, runs in arms]
+        result, note = verdict(estimate, claim.expect, claim.margin, claim.paper_effect)
+        chosen = [f"{_describe({k: v for k, v in arm.items() if not _is_tuned(v)})}: {choice}"
+                  for (_, arm), (_, (_, choice)) in zip(claim.terms, found) if choice]
+        if chosen:
+            note += "; " + "; ".join(chosen)
+        rows.append(Row(experiment, claim, estimate, spreads, result, note))
+    return rows
+
+
+def results_rows(rows: list[Row]) -> list[list[Any]]:
+    out = []
+    for row in rows:
+        e = row.estimate
+        out.append([row.claim.id, row.claim.claim, _quantity(row.claim), row.claim.metric,
+                    e.n_test if e else None, e.runs if e else None, e.value if e else None, e.ci_low if e else None,
+                    e.ci_high if e else None, e.p_value if e else None, e.mde if e else None, row.claim.paper,
+                    row.claim.paper_effect, row.verdict, row.note, _arms_text(row)])
+    return out
+
+
+def _arms_text(row: Row) -> str:
+    """Each arm's mean over its runs, with the spread over seeds / subsets where it has several."""
+    parts = []
+    for (_, arm), spread in zip(row.claim.terms, row.spreads):
+        text = f"{_describe(arm)}: {spread.mean:.2f}"
+        if spread.n > 1:
+            text += f" (sd {spread.std:.2f}, {spread.min:.2f} to {spread.max:.2f} over {spread.n} runs)"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _ours(row: Row) -> str:
+    e = row.estimate
+    if e is None:
+        return "not run"
+    arms = " vs ".join(f"{v:.1f}" for v in row.arm_values) + ": " if len(row.arm_values) == 2 else ""
+    runs = "" if e.runs == len(row.claim.terms) else f", {e.runs} runs"
+    return f"{arms}{e.value:+.1f} [{e.ci_low:+.1f}, {e.ci_high:+.1f}] {get_metric(row.claim.metric).unit} (n={e.n_test}{runs})"
+
+
+def scorecard_table(rows: list[Row]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| experiment | claim | paper | ours, small scale (A - B, 95% interval) | verdict | reproduce |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(c) for c in (
+            f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
+            f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else ""),
+            f"`{row.experiment.command}`" if row.experiment.command else "")) + " |")
+    return "\n".join(lines)
+
+
+def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 1000, seed: int = 0) -> Path:
+    """Score every ``<folder>/*/claims.yaml``; write each experiment's ``results.csv`` (when any of its
+    claims was measured: an experiment not run keeps its file) and the table into ``<folder>/README.md``."""
+    from prefixlab.sweeps.report import csv_text
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*/claims.yaml"))
+    if not files:
+        raise ReportError(f"{folder}: no <experiment>/claims.yaml below it; give the experiments folder")
+    root = Path(root) if root is not None else folder.resolve().parent
+    rows: list[Row] = []
+    for path in files:
+        experiment = read_claims(path)
+        scored = score_experiment(experiment, root, resamples, seed)
+        if any(row.estimate is not None for row in scored):
+            atomic_write_text(experiment.folder / "results.csv", csv_text(RESULT_COLUMNS, results_rows(scored)))
+        rows += scored
+    readme = folder / "README.md"
+    block = f"{START}\n{scorecard_table(rows)}\n{END}"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else (
+        "# Experiments: the paper's claims, tested\n\n"
+        "Each row is one claim of Li & Liang (2021), the paper's figure, ours at small scale as the difference of the "
+        "two arms with its 95% paired bootstrap interval over the test inputs, and the verdict at that power "
+        "(`agrees`, `disagrees`, `unresolved`). Each experiment's `results.csv` has the numbers; its `claims.yaml` "
+        "says what is compared.\n\n" + START + "\n" + END + "\n")
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(readme, text)
+    return readme

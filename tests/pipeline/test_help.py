@@ -1,0 +1,49 @@
+"""`prefixlab-train --help` (issue 18): every key with its default and its help text, answered
+without importing torch or Lightning (before: 12 s, the config imported the methods' torch code)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from prefixlab.cli import evaluate, train
+
+
+def help_text(monkeypatch, capsys, module, app) -> str:
+    monkeypatch.setattr(sys, "argv", [app, "--help"])
+    module.main()
+    return capsys.readouterr().out
+
+
+def test_help_lists_groups_keys_defaults_and_help_texts(monkeypatch, capsys):
+    text = help_text(monkeypatch, capsys, train, "prefixlab-train")
+    assert "trainer.max_steps = 80  # optimizer steps (the bounded CPU default)" in text
+    assert "trainer.fast_dev_run = false  # " in text and "sweep.fail_on_error = false  # " in text
+    assert "  method: " in text and "prefix*" in text  # the group, its options, the default marked
+    # the keys a method family adds, under the options that have them
+    assert "method.* keys of PrefixOptions (method=embedding, infix, prefix, prefix_flat), besides those:" in text
+    assert "  method.prefix_length = 10  # " in text
+    assert "  method.lora_r = 8  # LoRA rank" in text
+
+
+def test_eval_help_has_the_eval_keys(monkeypatch, capsys):
+    text = help_text(monkeypatch, capsys, evaluate, "prefixlab-eval")
+    assert "eval.source = null  # a training checkpoint" in text
+
+
+def test_the_schema_copy_of_the_adapter_child_name_is_the_engines():
+    """methods/bottleneck.py writes the engine's CHILD out (importing the engine would import torch with the schema)."""
+    from prefixlab.engine.bottleneck_adapters import CHILD
+    from prefixlab.methods import bottleneck
+
+    assert bottleneck.CHILD == CHILD
+
+
+@pytest.mark.cli
+def test_the_cli_and_the_config_import_neither_torch_nor_lightning():
+    """What `--help` and shell completion load: a fresh interpreter, so nothing else imported torch first."""
+    code = ("import sys, prefixlab.cli.train, prefixlab.cli.evaluate, prefixlab.config; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

@@ -1,0 +1,173 @@
+"""The scorecard (``prefixlab-report --scorecard``): claims.yaml -> arms' runs -> paired bootstrap ->
+verdict -> results.csv and the table of experiments/README.md. Sweeps are written by hand
+(``conftest.make_job``) with small synthetic predictions files."""
+
+import csv
+import json
+import random
+
+import pytest
+import yaml
+
+from prefixlab.cli.report import main
+from prefixlab.sweeps.jobs import ReportError
+from prefixlab.sweeps.scorecard import END, START, build_scorecard, read_claims, verdict
+from prefixlab.sweeps.significance import Estimate
+
+from .conftest import make_job
+
+REFERENCES = [(f"the {c} cafe serves {f} food near the river .",) for c in ("red", "blue", "green", "small", "old", "new", "big")
+              for f in ("thai", "french", "english", "fast food", "indian")]
+
+
+def predictions(share_good: float, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = [{"id": f"e2e-{i:03d}", "input": "", "prediction": refs[0] if rng.random() < share_good else f"nothing {i} here .",
+             "references": list(refs)} for i, refs in enumerate(REFERENCES)]
+    rng.shuffle(rows)  # each run's own row order: the bootstrap pairs rows by id
+    return rows
+
+
+def make_sweep(root, name: str, jobs: list[tuple[dict, list[dict] | None]], stamp: str = "2026-12-01_10-00-00") -> None:
+    """jobs: (settings, predictions rows or None for a failed job); method is a group choice, the rest overrides."""
+    sweep = root / "multirun" / "experiments" / name / stamp
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    for num, (settings, rows) in enumerate(jobs):
+        settings = dict(settings)
+        extra_metrics = settings.pop("_metrics", {})
+        overrides = [f"{k}={v}" for k, v in settings.items()]
+        config = {"method": {"name": settings.get("method")}, "seed": settings.get("seed", 42),
+                  "task": {"name": "e2e", "subset_seed": settings.get("task.subset_seed", 0),
+                           "train_size": settings.get("task.train_size")}}
+        metrics = {"status": "completed" if rows is not None else "failed", **extra_metrics}
+        job = make_job(sweep, num, overrides, {"method": settings.get("method")}, config, metrics)
+        if rows is not None:
+            (job / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_claims(experiments, name: str, claims: list[dict], **top) -> None:
+    (experiments / name).mkdir(parents=True, exist_ok=True)
+    data = {"experiment": name, "command": f"prefixlab-train -m experiment={name}", "metric": "bleu", "claims": claims, **top}
+    (experiments / name / "claims.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def estimate(low: float, high: float, se: float = 1.0) -> Estimate:
+    return Estimate("bleu", (low + high) / 2, low, high, 0.5, se, 250, 2, 1000, 0.95)
+
+
+@pytest.mark.parametrize("low, high, expect, margin, expected", [
+    (0.5, 3.0, "greater", 0, "agrees"), (-3.0, -0.5, "greater", 0, "disagrees"), (-1.0, 2.0, "greater", 0, "unresolved"),
+    (-3.0, -0.5, "less", 0, "agrees"), (0.5, 3.0, "less", 0, "disagrees"), (-1.0, 2.0, "less", 0, "unresolved"),
+    (-0.8, 2.0, "not_less", 1.0, "agrees"), (-4.0, -1.5, "not_less", 1.0, "disagrees"), (-2.0, 1.0, "not_less", 1.0, "unresolved"),
+    (-0.5, 0.5, "equivalent", 1.0, "agrees"), (1.5, 3.0, "equivalent", 1.0, "disagrees"), (0.5, 1.5, "equivalent", 1.0, "unresolved"),
+])
+def test_the_verdict_is_set_by_where_the_interval_lies(low, high, expect, margin, expected):
+    assert verdict(estimate(low, high), expect, margin)[0] == expected
+
+
+def test_an_unresolved_verdict_states_the_minimum_detectable_effect_against_the_papers():
+    _, note = verdict(estimate(-1.0, 2.0, se=1.0), "greater", paper_effect=1.5)
+    assert "includes 0" in note and "detects differences of 2.8 or more with 80% power" in note
+    assert "the paper's effect (+1.5) is below that: more test inputs or seeds are needed" in note
+    with pytest.raises(ReportError, match="expect=not_less needs a margin > 0"):
+        verdict(estimate(-1.0, 2.0), "not_less")
+
+
+def test_the_scorecard_writes_results_csv_and_the_readme_table(tmp_path):
+    experiments = tmp_path / "experiments"
+    make_sweep(tmp_path, "main_table", [
+        ({"method": "prefix", "seed": 1}, predictions(0.9, 1)), ({"method": "prefix", "seed": 2}, predictions(0.85, 2)),
+        ({"method": "finetune", "seed": 1}, predictions(0.2, 3)), ({"method": "finetune", "seed": 2}, predictions(0.25, 4)),
+        ({"method": "adapter", "seed": 1}, predictions(0.88, 5)), ({"method": "adapter", "seed": 2}, None),  # failed: left out
+    ])
+    write_claims(experiments, "main_table", [
+        {"id": "prefix_beats_ft", "claim": "PREFIX beats FINE-TUNE", "paper": "69.7 vs 68.2", "paper_effect": 1.5,
+         "expect": "greater", "a": {"method": "prefix"}, "b": {"method": "finetune"}},
+        {"id": "ft_beats_prefix", "claim": "FINE-TUNE beats PREFIX", "paper": "none", "expect": "greater",
+         "a": {"method": "finetune"}, "b": {"method": "prefix"}},
+        {"id": "prefix_vs_adapter", "claim": "PREFIX matches ADAPTER", "paper": "69.7 vs 68.9", "expect": "not_less",
+         "margin": 20.0, "a": {"method": "prefix"}, "b": {"method": "adapter"}},
+    ])
+    write_claims(experiments, "not_run_yet", [{"id": "x", "claim": "a claim", "paper": "1.0", "expect": "greater",
+                                               "a": {"method": "prefix"}, "b": {"method": "finetune"}}])
+    (experiments / "not_run_yet" / "results.csv").write_text("old results\n")
+    (experiments / "README.md").write_text(f"# Experiments\n\nKept prose.\n\n{START}\nold table\n{END}\n\nMore prose.\n")
+
+    readme = build_scorecard(experiments, resamples=300)
+    rows = list(csv.DictReader((experiments / "main_table" / "results.csv").open()))
+    assert [r["claim_id"] for r in rows] == ["prefix_beats_ft", "ft_beats_prefix", "prefix_vs_adapter"]
+    assert [r["verdict"] for r in rows] == ["agrees", "disagrees", "agrees"]
+    assert {r["n_test"] for r in rows} == {"35"} and [r["runs"] for r in rows] == ["4", "4", "3"]
+    assert float(rows[0]["ci_low"]) > 0 and float(rows[0]["value"]) == pytest.approx(-float(rows[1]["value"]))
+    # an experiment without runs keeps its results.csv and is unresolved, saying why
+    assert (experiments / "not_run_yet" / "results.csv").read_text() == "old results\n"
+    text = readme.read_text()
+    assert text.startswith("# Experiments\n\nKept prose.") and text.endswith("More prose.\n") and "old table" not in text
+    assert "| [not_run_yet](not_run_yet/README.md) | a claim | 1.0 | not run | **unresolved** (not measured: no sweep found" in text
+    assert "`prefixlab-train -m experiment=main_table`" in text and "**agrees**" in text and "(n=35, 4 runs)" in text
+
+
+def test_arms_pair_runs_by_subset_and_a_setting_left_out_of_an_arm_is_one_error(tmp_path):
+    experiments = tmp_path / "experiments"
+    jobs = [({"method": m, "task.train_size": size, "task.subset_seed": s}, predictions(share + 0.02 * s, 10 * s + size))
+            for m, share in (("prefix", 0.8), ("finetune", 0.3)) for size in (50, 500) for s in (0, 1)]
+    make_sweep(tmp_path, "low_data", jobs)
+    gap = lambda size: [{"weight": 0.5, "arm": {"method": "prefix", "task.train_size": size}},  # noqa: E731
+                        {"weight": -0.5, "arm": {"method": "finetune", "task.train_size": size}}]
+    write_claims(experiments, "low_data", [
+        {"id": "average_gap", "claim": "PREFIX beats FINE-TUNE on average", "paper": "+2.9", "expect": "greater",
+         "terms": gap(50) + gap(500)},
+        {"id": "ambiguous", "claim": "no size named", "paper": "", "expect": "greater",
+         "a": {"method": "prefix"}, "b": {"method": "finetune"}},
+    ])
+    main(["--scorecard", str(experiments)])  # the CLI; its sweeps' paths start at the folder above experiments/
+    rows = {r["claim_id"]: r for r in csv.DictReader((experiments / "low_data" / "results.csv").open())}
+    assert rows["average_gap"]["verdict"] == "agrees" and rows["average_gap"]["runs"] == "8"
+    # each arm's spread over its two subsets
+    assert "method=prefix, task.train_size=50: " in rows["average_gap"]["arms"] and " over 2 runs)" in rows["average_gap"]["arms"]
+    assert rows["ambiguous"]["verdict"] == "unresolved"
+    assert "differ in task.train_size (50, 500): add it to the arm, or list one term per value" in rows["ambiguous"]["note"]
+
+
+def test_a_learning_rate_grid_is_tuned_per_arm_on_validation_never_on_test(tmp_path):
+    """prefix_flat's lr 0.005 is best on validation, its lr 5e-05 best on test: the claim uses 0.005."""
+    experiments = tmp_path / "experiments"
+    make_sweep(tmp_path, "reparameterization", [
+        ({"method": "prefix", "optim.lr": 5e-5, "_metrics": {"val/bleu": 50.0}}, predictions(0.9, 1)),
+        ({"method": "prefix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 40.0}}, predictions(0.1, 2)),
+        ({"method": "prefix_flat", "optim.lr": 5e-5, "_metrics": {"val/bleu": 10.0}}, predictions(0.95, 3)),
+        ({"method": "prefix_flat", "optim.lr": 5e-3, "_metrics": {"val/bleu": 45.0}}, predictions(0.2, 4)),
+    ])
+    grid = [5.0e-5, 5.0e-4, 5.0e-3]
+    write_claims(experiments, "reparameterization", [
+        {"id": "mlp_beats_flat", "claim": "the MLP beats the flat prefix", "paper": "a slight drop", "expect": "greater",
+         "a": {"method": "prefix", "optim.lr": grid}, "b": {"method": "prefix_flat", "optim.lr": "tuned"}}])
+    build_scorecard(experiments, resamples=200)
+    (row,) = csv.DictReader((experiments / "reparameterization" / "results.csv").open())
+    assert row["verdict"] == "agrees", row["note"]
+    assert "method=prefix: optim.lr=5e-05 (chosen on val/bleu 50 of 2 settings)" in row["note"]
+    assert "method=prefix_flat: optim.lr=0.005 (chosen on val/bleu 45 of 2 settings)" in row["note"]
+
+
+def test_a_wrong_claims_file_is_one_error_line_naming_it(tmp_path):
+    write_claims(tmp_path, "bad", [{"id": "c1", "claim": "x", "paper": "1", "expect": "bigger", "a": {}, "b": {}}])
+    with pytest.raises(ReportError, match=r"bad/claims.yaml: claim c1: expect='bigger'; choose one of greater, less"):
+        read_claims(tmp_path / "bad" / "claims.yaml")
+    write_claims(tmp_path, "bad", [{"id": "c1", "claim": "x", "paper": "1", "expect": "greater", "a": {"method": "p"}}])
+    with pytest.raises(ReportError, match=r"claim c1: give the arms as a: \{...\} and b: \{...\}"):
+        read_claims(tmp_path / "bad" / "claims.yaml")
+    with pytest.raises(SystemExit, match=r"prefixlab-report: error: .*empty: no <experiment>/claims.yaml below it"):
+        (tmp_path / "empty").mkdir()
+        main(["--scorecard", str(tmp_path / "empty")])
+
+
+def test_the_projects_claims_files_parse_and_name_known_metrics():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*/claims.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        experiment = read_claims(path)
+        assert experiment.claims and experiment.command.startswith("prefixlab-train")
+        assert all(claim.paper for claim in experiment.claims)

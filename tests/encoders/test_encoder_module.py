@@ -226,7 +226,7 @@ def test_an_answer_cut_off_by_truncation_adds_no_loss(tokenizer):
 
 
 def test_gradient_checkpointing_keeps_dropout_off_in_the_encoder(tokenizer):
-    """The encoder path of tests/pipeline/test_training_invariants.py::test_gradient_checkpointing_keeps_dropout_off:
+    """The encoder path of tests/training/test_training_invariants.py::test_gradient_checkpointing_keeps_dropout_off:
     with model.gradient_checkpointing=true the encoder (dropout 0.1) stays in eval mode, its layers
     are recomputed in backward, and loss and gradients equal those without checkpointing."""
     batch = classification_batch(tokenizer)

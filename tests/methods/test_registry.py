@@ -29,7 +29,7 @@ from prefixlab.sweeps.packed import packing_problem
 from prefixlab.training.lm_module import PrefixTuningModule
 
 from tests.pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
-from tests.pipeline.test_training_invariants import _datamodule, _trainer
+from training.test_training_invariants import _datamodule, _trainer
 
 SRC = pathlib.Path(prefixlab.__file__).resolve().parent
 

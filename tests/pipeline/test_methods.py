@@ -10,7 +10,7 @@ from prefixlab.engine.export import load_prefix
 from prefixlab.training.lm_module import PrefixTuningModule
 
 from .helpers import GENERATION, OPTIM, TINY_MODEL, load_tiny_lm
-from .test_training_invariants import _datamodule, _trainer
+from training.test_training_invariants import _datamodule, _trainer
 
 BASE = {"prefix_length": 4, "mid_dim": None, "mlp_layers": 1, "dropout": 0.0, "init_std": 0.02, "init": "random",
         "init_text": "", "k": 1, "lora_r": 4, "lora_alpha": 8, "target_modules": [], "prefix_sites": None}

@@ -20,7 +20,7 @@ STYLES = ("houlsby", "lin")  # engine.bottleneck_adapters.STYLES
 
 
 # engine.bottleneck_adapters.CHILD, written out: the engine imports torch, this schema must not
-# (tests/pipeline/test_help.py checks the two agree)
+# (tests/cli/test_help.py checks the two agree)
 CHILD = "bottleneck_adapter"
 
 

@@ -27,7 +27,7 @@ with the Perl subroutine each part follows:
   outputs' n-gram count, times the length penalty ``exp(-beta * log(ratio)^2)`` with
   ``beta = -log(0.5) / log(1.5)^2`` for an output/reference length ratio below 1.
 
-``tests/tasks/test_official_e2e_scores.py`` reproduces the official figures of
+``tests/tasks/scoring/test_score_cli.py`` reproduces the official figures of
 ``../shared/data/e2e/official_scores.py`` to 4 decimals.
 """
 

@@ -19,7 +19,7 @@ from prefixlab.run import loggers
 from prefixlab.run.loggers import LoggerSetupError, check_loggers, decide_wandb_mode
 from prefixlab.sweeps.jobs import read_wandb_run, wandb_records
 
-from tests.pipeline.helpers import TINY_CLI
+from pipeline.helpers import TINY_CLI
 
 # MLflow probes the system with processes (`uname -p`, `git version`) when first imported: here, at
 # collection, not inside a test (conftest refuses processes in tests that are not `cli`)

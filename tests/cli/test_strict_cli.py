@@ -9,7 +9,7 @@ from prefixlab.cli import train
 from prefixlab.cli.strict import unknown_keys
 from prefixlab.config import register_configs
 
-from .test_fast_dev_run import run_train
+from training.test_fast_dev_run import run_train
 
 REFUSED = [
     ("+method.prefix_lenght=5", "method.prefix_lenght is not a key of method (PrefixOptions); did you mean method.prefix_length?"),

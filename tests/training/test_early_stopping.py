@@ -17,7 +17,7 @@ from prefixlab.engine.export import load_prefix
 from prefixlab.training.best_checkpoint import BestCheckpoint, EarlyStoppingAtStep
 from prefixlab.training.resume_settings import result_settings
 
-from tests.pipeline.helpers import TINY_CLI
+from pipeline.helpers import TINY_CLI
 
 # validation after every optimizer step (16 examples in batches of 4: epochs of 4 steps)
 WATCHED = [*TINY_CLI, "trainer.val_check_interval=1", "trainer.log_every_n_steps=1", "eval_zero_shot=false"]

@@ -11,7 +11,7 @@ import pytest
 
 from prefixlab.cli import score
 
-SHARED_E2E = Path(os.environ.get("PREFIXLAB_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data")) / "e2e"
+SHARED_E2E = Path(os.environ.get("PREFIXLAB_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data")) / "e2e"
 
 
 def _official_module():

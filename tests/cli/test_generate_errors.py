@@ -59,7 +59,7 @@ def tiny_model_folder(tmp_path_factory):
     """The tiny random model (2 layers, 2 kv heads of 16) as an ordinary local model folder."""
     from prefixlab.training.model_loading import load_tokenizer
 
-    from .helpers import TINY_MODEL, load_tiny_lm
+    from pipeline.helpers import TINY_MODEL, load_tiny_lm
 
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)

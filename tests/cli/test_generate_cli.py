@@ -13,7 +13,7 @@ from prefixlab.engine.parameterization import FlatPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 from prefixlab.training.model_loading import load_lm, load_tokenizer
 
-from .helpers import TINY_MODEL, load_tiny_lm
+from pipeline.helpers import TINY_MODEL, load_tiny_lm
 
 
 @pytest.fixture(scope="module")

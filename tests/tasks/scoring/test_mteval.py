@@ -2,7 +2,7 @@
 
 Reference: mteval-v13a-sig.pl (tokenization, score_segment, bleu_score, nist_score) as the E2E
 NLG Challenge's e2e-metrics runs it; the official figures themselves are checked in
-test_official_e2e_scores.py."""
+test_score_cli.py."""
 
 import math
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import TINY_CLI
+from pipeline.helpers import TINY_CLI
 
 pytestmark = pytest.mark.cli  # the real CLIs in subprocesses: `make test-fast` skips these
 

@@ -13,7 +13,7 @@ from prefixlab.training.lm_module import PrefixTuningModule
 from prefixlab.training.resume import check_trainable_state
 
 from encoders.test_encoder_module import build as build_encoder  # tests/ is on sys.path (conftest.py)
-from .helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
+from pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
 
 
 

@@ -11,7 +11,7 @@ from prefixlab.data.datamodule import TaskDataModule
 from prefixlab.training.lm_module import PrefixTuningModule
 from prefixlab.training.model_loading import load_tokenizer
 
-from .helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
+from pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL
 
 
 def _module(method=PREFIX_METHOD):

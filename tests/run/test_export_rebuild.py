@@ -12,7 +12,7 @@ import torch
 from prefixlab.engine.export import PrefixFormatError, load_prefix
 from prefixlab.training.lm_module import PrefixTuningModule
 
-from .helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL, load_tiny_lm
+from pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_MODEL, load_tiny_lm
 
 SEED = 1234
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from prefixlab.run.model_card import render_model_card, write_model_card
 from prefixlab.training.lm_module import PrefixTuningModule
 
-from .helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_CLI, TINY_MODEL
+from pipeline.helpers import GENERATION, OPTIM, PREFIX_METHOD, TINY_CLI, TINY_MODEL
 
 # the tiny run's overrides as typed (the progress bar switch is added where the run starts: not part of the card)
 RUN_OVERRIDES = [o for o in TINY_CLI if not o.startswith(("trainer.enable_progress_bar", "trainer.max_steps"))] + ["trainer.max_steps=2"]

@@ -10,7 +10,7 @@ import pytest
 
 from prefixlab.engine.export import load_prefix
 
-from .helpers import TINY_CLI
+from pipeline.helpers import TINY_CLI
 
 pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
 

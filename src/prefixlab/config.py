@@ -49,18 +49,18 @@ class ModelConfig:
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 24
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = field(default=24, metadata={"help": "tokens generated per validation/test input at most"})
+    num_beams: int = field(default=1, metadata={"help": "1: greedy decoding; more: beam search (the paper: 5 for table-to-text, 6 for XSum)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam search: > 1 favours longer outputs, < 1 shorter (the paper: 0.8 for XSum)"})
+    no_repeat_ngram_size: int = field(default=0, metadata={"help": "never repeat an n-gram of this size in an output (0: off)"})
 
 
 @dataclass
 class OptimConfig:
     lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate (the paper's 5e-5 needs thousands of steps)"})
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0 at trainer.max_steps"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas [beta1, beta2]"})
 
 
 @dataclass
@@ -78,14 +78,14 @@ class TrainerConfig:
     val_check_interval: Optional[int] = field(default=None, metadata={"help": "validate every N steps (None: at end)"})
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig,
                                                 metadata={"help": "trainer.early_stopping.{enabled,patience,min_delta}"})
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str = "32-true"
-    gradient_clip_val: float = 1.0
-    accumulate_grad_batches: int = 1
-    log_every_n_steps: int = 5
-    enable_progress_bar: bool = True
-    deterministic: bool = False
+    accelerator: str = field(default="auto", metadata={"help": "Lightning accelerator: auto | cpu | gpu | mps"})
+    devices: str = field(default="auto", metadata={"help": "Lightning devices: auto, a count (2) or a list ([0,1])"})
+    precision: str = field(default="32-true", metadata={"help": "Lightning precision: 32-true | bf16-mixed | 16-mixed"})
+    gradient_clip_val: float = field(default=1.0, metadata={"help": "clip the gradient norm of the trainable part to this (0: no clipping)"})
+    accumulate_grad_batches: int = field(default=1, metadata={"help": "batches per optimizer step (effective batch = task.batch_size x this x devices)"})
+    log_every_n_steps: int = field(default=5, metadata={"help": "log training metrics every N optimizer steps"})
+    enable_progress_bar: bool = field(default=True, metadata={"help": "the step bar with an ETA (false: quiet, e.g. in batch jobs)"})
+    deterministic: bool = field(default=False, metadata={"help": "torch deterministic algorithms (slower; bit-reproducible on GPU)"})
     checkpoint_every_n_steps: Optional[int] = field(
         default=None, metadata={"help": "write checkpoints/last.ckpt every N optimizer steps (None: min(50, max_steps))"}
     )
@@ -149,11 +149,12 @@ class TrainConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "seeds torch, numpy and the data order (seed_everything)"})
     eval_zero_shot: bool = field(default=True, metadata={"help": "also score the frozen LM without prefix on test"})
     optimized_metric: str = field(default="val/${task.primary_metric}", metadata={"help": "the value train() returns: what a sweep selects on (val/...; test/... only typed, with a warning)"})
     # L0 for a method without a prefix (it has no method.prefix_length)
-    run_name: str = "${task.name}-${method.name}-L${oc.select:method.prefix_length,0}"
+    run_name: str = field(default="${task.name}-${method.name}-L${oc.select:method.prefix_length,0}",
+                          metadata={"help": "the run's name in metrics.json, loggers and reports"})
     resume: Optional[str] = field(
         default=None,
         metadata={"help": "null: start fresh | auto: continue from <run dir>/checkpoints/last.ckpt if it exists | a .ckpt path"},

@@ -26,6 +26,17 @@ def test_help_lists_groups_keys_defaults_and_help_texts(monkeypatch, capsys):
     assert "  method.lora_r = 8  # LoRA rank" in text
 
 
+@pytest.mark.parametrize("app", ["train", "evaluate"])
+def test_every_key_in_help_has_a_help_text(monkeypatch, capsys, app):
+    """A key whose schema field has no ``metadata={"help": ...}`` shows as a bare ``key = value``."""
+    module = {"train": train, "evaluate": evaluate}[app]
+    text = help_text(monkeypatch, capsys, module, f"prefixlab-{app}")
+    keys = [line.strip() for line in text.splitlines() if line.startswith("  ") and " = " in line]
+    assert len(keys) > 40
+    bare = [line for line in keys if "  # " not in line]
+    assert not bare, "schema fields without a help text:\n" + "\n".join(bare)
+
+
 def test_eval_help_has_the_eval_keys(monkeypatch, capsys):
     text = help_text(monkeypatch, capsys, evaluate, "prefixlab-eval")
     assert "eval.source = null  # a training checkpoint" in text

@@ -31,8 +31,8 @@ class TaskOptions:
     test_size: Optional[int] = field(default=60, metadata={"help": "test examples generated (None: the whole test split); "
                                                            "always the same ones, whatever subset_seed, train_size and seed"})
     subset_seed: int = field(default=0, metadata={"help": "seed of the train and validation subsets (never of the test set)"})
-    batch_size: int = 8
-    eval_batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "training examples per batch (per device)"})
+    eval_batch_size: int = field(default=8, metadata={"help": "inputs per validation/test generation batch"})
     primary_metric: str = field(default="rougeL", metadata={"help": "the task's headline metric (without test/), e.g. bleu, accuracy"})
 
     def checks(self) -> list[Check]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,58 +29,88 @@ register_configs()
 OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+@dataclass
+class Preflight:
+    """What the checks before any weights load found: the resolved config, the model's config, and
+    the checkpoint to resume from with what it recorded (None: a fresh start)."""
+
+    settings: TrainConfig
+    resolved: dict
+    model_config: Any
+    run_settings: dict  # what must match a checkpoint's; every checkpoint records it
+    resume_from: Optional[Path]
+    saved: Optional[dict]  # the checkpoint's step, shapes and the allowed changes
+    changes: dict
+
+
+def preflight(cfg: DictConfig, run_dir: Path) -> Preflight:
+    """Every check that needs no weights, cheapest first, so a bad config, model name, folder,
+    size or checkpoint fails in one line before anything loads."""
     settings: TrainConfig = OmegaConf.to_object(cfg)
-    validate(settings)  # cheap checks first: nothing below runs on a bad config
+    validate(settings)
+    from prefixlab.methods import check_method_fits_model
+    from prefixlab.run.artifacts import remove_stale_temporaries
+    from prefixlab.run.folder_lock import check_no_unfinished_run
     from prefixlab.run.loggers import check_loggers
+    from prefixlab.run.storage import check_writable
+    from prefixlab.training.limits import check_limits
+    from prefixlab.training.model_loading import load_config
+    from prefixlab.training.resume import LAST_CHECKPOINT, find_checkpoint, read_checkpoint
+    from prefixlab.training.resume_settings import result_settings
 
     check_loggers(settings.logger)  # W&B online without credentials, a logger not installed
-    import pytorch_lightning as pl
-
-    from prefixlab.training.encoder_module import build_encoder_run, is_encoder_model
-    from prefixlab.methods import check_method_fits_model
-    from prefixlab.training.model_loading import load_config
-    from prefixlab.training.lm_module import PrefixTuningModule
-    from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
-    from prefixlab.training.best_checkpoint import Monitoring
-    from prefixlab.training.resume import LAST_CHECKPOINT, ResumableDataModule, check_trainable_state, find_checkpoint, read_checkpoint
-    from prefixlab.training.resume_settings import ResumeSettings, result_settings
-    from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, check_writable, finish_logger,
-                       logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
-
     check_writable(run_dir)
-    from prefixlab.run.artifacts import remove_stale_temporaries
-
-    from prefixlab.run.folder_lock import check_no_unfinished_run
-
     check_no_unfinished_run(run_dir, settings.resume, run_dir / LAST_CHECKPOINT)  # never overwrite a run's checkpoint
     for leftover in remove_stale_temporaries(run_dir):  # a save killed midway left these behind
         print(f"removed {leftover}, a temporary file of an interrupted save")
-    model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)  # a wrong model name fails here, before any weights load
+    model_config = load_config(settings.model.name_or_path, trust_remote_code=settings.model.trust_remote_code)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_method_fits_model(resolved["method"], model_config)
-    from prefixlab.training.limits import check_limits
-
-    check_limits(settings, model_config)  # sizes the model or this machine cannot hold: before any weights load
-    task = settings.task
-    resume_from = find_checkpoint(settings.resume, run_dir)  # and check it before loading any model
-    run_settings = result_settings(resolved)  # what must match a checkpoint's; every checkpoint records it
-    saved = read_checkpoint(resume_from, resolved["model"], resolved["method"], task.name, run_settings,
+    check_limits(settings, model_config)  # sizes the model or this machine cannot hold
+    resume_from = find_checkpoint(settings.resume, run_dir)
+    run_settings = result_settings(resolved)
+    saved = read_checkpoint(resume_from, resolved["model"], resolved["method"], settings.task.name, run_settings,
                             settings.resume_allow_changes) if resume_from else None
-    changes = saved["changes"] if saved else {}
+    return Preflight(settings, resolved, model_config, run_settings, resume_from, saved, saved["changes"] if saved else {})
+
+
+def build_data_and_module(plan: Preflight):
+    """The DataModule, then the LightningModule (data errors, e.g. a hub dataset offline, come
+    before the LM loads): a BERT-family encoder gets a task head (+ P-tuning v2 prefix), a
+    generative LM the prefix-tuning module."""
+    from prefixlab.training.encoder_module import build_encoder_run, is_encoder_model
+    from prefixlab.training.lm_module import PrefixTuningModule
+    from prefixlab.training.resume import ResumableDataModule
+
+    settings, resolved = plan.settings, plan.resolved
+    if is_encoder_model(plan.model_config):
+        return build_encoder_run(settings, resolved)
+    datamodule = ResumableDataModule.for_run(settings, bool(plan.model_config.is_encoder_decoder))
+    datamodule.setup("fit")
+    module = PrefixTuningModule(
+        model=resolved["model"], method=resolved["method"], optim=resolved["optim"],
+        generation=resolved["generation"], task_name=settings.task.name,
+        eval_zero_shot=settings.eval_zero_shot, max_steps=settings.trainer.max_steps,
+    )
+    return datamodule, module
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    plan = preflight(cfg, run_dir)  # nothing below runs on a bad config, model, folder or checkpoint
+    settings, resolved, resume_from, saved, changes = plan.settings, plan.resolved, plan.resume_from, plan.saved, plan.changes
+    import pytorch_lightning as pl
+
+    from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, finish_logger,
+                                    logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
+    from prefixlab.training.best_checkpoint import Monitoring
+    from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
+    from prefixlab.training.resume import LAST_CHECKPOINT, check_trainable_state
+    from prefixlab.training.resume_settings import ResumeSettings
+
+    task = settings.task
     started = time.time()
     pl.seed_everything(settings.seed, workers=True)
-
-    if is_encoder_model(model_config):  # BERT family: a task head (+ P-tuning v2 prefix), no generation
-        datamodule, module = build_encoder_run(settings, resolved)  # data first, then the encoder
-    else:
-        datamodule = ResumableDataModule.for_run(settings, bool(model_config.is_encoder_decoder))
-        datamodule.setup("fit")  # data errors (a hub dataset offline) come before the LM loads
-        module = PrefixTuningModule(
-            model=resolved["model"], method=resolved["method"], optim=resolved["optim"],
-            generation=resolved["generation"], task_name=task.name,
-            eval_zero_shot=settings.eval_zero_shot, max_steps=settings.trainer.max_steps,
-        )
+    datamodule, module = build_data_and_module(plan)
     mean_tokens = datamodule.mean_train_tokens()
     if saved:
         check_trainable_state(resume_from, saved["shapes"], module)
@@ -97,7 +129,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     stop.listen()  # fit, validate, test and the moments between them
     try:
         monitoring = Monitoring.of(settings)  # early stopping and checkpoints/best.ckpt, if asked for
-        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, ResumeSettings(run_settings, changes),
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, ResumeSettings(plan.run_settings, changes),
                                                                            *logger_callbacks(settings.logger)], monitoring=monitoring)
         check_launchable(trainer, in_sweep=HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN")
         if trainer.is_global_zero:

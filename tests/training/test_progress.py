@@ -66,5 +66,15 @@ def test_no_progress_bar_when_turned_off(tmp_path):
 def test_known_lightning_noise_is_quiet(tmp_path, recwarn, caplog):
     caplog.set_level(logging.INFO)
     _fit(tmp_path, max_steps=1)
-    assert not [w for w in recwarn if "in eval mode" in str(w.message)]
+    assert not [w for w in recwarn if "in eval mode" in str(w.message) or "LeafSpec" in str(w.message)]
     assert "litlogger" not in caplog.text
+    # the default batch limits (all batches) are not "configured": no line per limit
+    assert "was configured so 100%" not in caplog.text
+
+
+def test_an_asked_batch_limit_still_applies(tmp_path):
+    run = build_trainer(TrainerConfig(max_steps=1, limit_val_batches=2, limit_test_batches=0.5, accelerator="cpu"),
+                        pl.loggers.CSVLogger(str(tmp_path)), tmp_path)
+    assert (run.limit_val_batches, run.limit_test_batches) == (2, 0.5)
+    default = build_trainer(TrainerConfig(max_steps=1, accelerator="cpu"), pl.loggers.CSVLogger(str(tmp_path)), tmp_path)
+    assert (default.limit_val_batches, default.limit_test_batches) == (1.0, 1.0)

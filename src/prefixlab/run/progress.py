@@ -78,13 +78,15 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_known_noise() -> None:
-    """Silence two Lightning messages that say nothing about a prefixlab run:
+    """Silence three Lightning messages that say nothing about a prefixlab run:
     * "Found N module(s) in eval mode at the start of training": the frozen backbone is kept in
       eval mode on purpose (no dropout in the frozen model: ``training/frozen_backbone.py``);
-    * the "💡 Tip: ... litlogger" advertisement printed when a Trainer is built.
+    * the "💡 Tip: ... litlogger" advertisement printed when a Trainer is built;
+    * "`isinstance(treespec, LeafSpec)` is deprecated": Lightning's own use of a torch API, once per run.
     Called for every Trainer: a warnings filter that is already there is moved, not repeated, and
     someone's ``warnings.catch_warnings`` (pytest's, for one) may have dropped it since the last call."""
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in lightning_log.filters):
         lightning_log.addFilter(_DropMessages("litlogger"))

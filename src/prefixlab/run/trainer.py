@@ -56,6 +56,12 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def _batch_limit(limit: int | float) -> int | float | None:
+    """None for "all batches" (1.0): Lightning prints an info line for every limit passed explicitly
+    as 1.0, so a run that never asked for a limit stays quiet."""
+    return None if isinstance(limit, float) and limit == 1.0 else limit
+
+
 def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Sequence[pl.Callback] = (),
                   monitoring: "Monitoring | None" = None) -> pl.Trainer:
     """``monitoring`` (``training/best_checkpoint.Monitoring``): early stopping and ``best.ckpt``, if asked for."""
@@ -87,8 +93,8 @@ def build_trainer(config: TrainerConfig, logger, run_dir: Path, callbacks: Seque
         deterministic=config.deterministic,
         # Lightning's smoke test (loggers and checkpoints off) and batch limits: cli/train.py marks such a run's results
         fast_dev_run=config.fast_dev_run,
-        limit_val_batches=config.limit_val_batches,
-        limit_test_batches=config.limit_test_batches,
+        limit_val_batches=_batch_limit(config.limit_val_batches),
+        limit_test_batches=_batch_limit(config.limit_test_batches),
         logger=logger,
         # best.ckpt's callback before last.ckpt's: LastCheckpoint.on_validation_end reads what it saved
         callbacks=[*watching, checkpoint, LearningRateMonitor(logging_interval="step"),

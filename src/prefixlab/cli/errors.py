@@ -65,6 +65,32 @@ def report_job_errors(app: str, run_dir: Path, job: Callable[[], Any], *, input_
         sys.exit(line)
 
 
+def run_job(app: str, cfg, job: Callable[[Path], Any], *, input_errors: Callable[[], tuple[type, ...]] = tuple,
+            keep_folder: Callable[[], tuple[type, ...]] = tuple) -> Any:
+    """One Hydra job of ``app`` (the body of prefixlab-train's and prefixlab-eval's ``hydra_main``):
+    unknown keys refused before anything loads, the run folder locked (one run per folder), the job's
+    prints also in ``<run dir>/<job name>.log``, and its errors reported by ``report_job_errors``.
+    ``job(run_dir)`` returns the value the job hands to Hydra. Another process's folder
+    (``RunFolderTaken``) is never written into, whatever ``keep_folder`` adds."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from prefixlab.cli.job_log import JobLog
+    from prefixlab.cli.strict import check_known_keys
+    from prefixlab.run.folder_lock import RunFolderLock, RunFolderTaken
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+
+    def locked() -> Any:
+        check_known_keys(cfg)  # a `+key=` no schema has: refused before anything loads
+        with RunFolderLock(run_dir):  # released however the run ends
+            return job(run_dir)
+
+    with JobLog(run_dir / f"{hydra_cfg.job.name}.log") as log:
+        return report_job_errors(app, run_dir, locked, input_errors=input_errors,
+                                 keep_folder=lambda: (RunFolderTaken, *keep_folder()), log_line=log.line)
+
+
 def record_input_error(error: BaseException, run_dir: Path) -> None:
     """``status: failed`` in metrics.json, if the run directory takes it (it may be what is wrong)."""
     from prefixlab.run.results import write_results

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from prefixlab.config import EvalConfig, register_configs, validate
@@ -91,18 +90,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> float:
-    from prefixlab.cli.errors import report_job_errors
-    from prefixlab.cli.job_log import JobLog
-    from prefixlab.cli.strict import check_known_keys
-    from prefixlab.run.folder_lock import RunFolderLock
+    from prefixlab.cli.errors import run_job
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-
-    def run() -> float:
-        check_known_keys(cfg)
-        with RunFolderLock(run_dir):
-            metrics = evaluate(cfg, run_dir)
+    def score(run_dir: Path) -> float:
+        metrics = evaluate(cfg, run_dir)
         stage = "val" if cfg.eval.split == "validation" else "test"
         return metrics.get(f"{stage}/{cfg.task.primary_metric}", float("nan"))
 
@@ -111,8 +102,7 @@ def hydra_main(cfg: DictConfig) -> float:
 
         return (EvaluationSourceError,)
 
-    with JobLog(run_dir / f"{hydra_cfg.job.name}.log") as log:
-        return report_job_errors("prefixlab-eval", run_dir, run, input_errors=source_errors, log_line=log.line)
+    return run_job("prefixlab-eval", cfg, score, input_errors=source_errors)
 
 
 def main() -> None:

@@ -212,28 +212,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    from prefixlab.cli.errors import report_job_errors
-    from prefixlab.cli.job_log import JobLog
-    from prefixlab.cli.strict import check_known_keys
-    from prefixlab.run.folder_lock import RunFolderLock, RunFolderTaken
+    from prefixlab.cli.errors import run_job
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-
-    def run() -> float:
-        check_known_keys(cfg)  # a `+key=` no schema has: refused before anything loads
-        with RunFolderLock(run_dir):  # one run per folder; released however the run ends
-            metrics = train(cfg, run_dir)
-        return metrics[cfg.optimized_metric]
-
-    def keep_folder() -> tuple[type, ...]:  # another run's folder, or a refused resume of this one: write nothing into it
+    def keep_folder() -> tuple[type, ...]:  # a refused resume of this run: its metrics.json stays
         from prefixlab.training.resume import ResumeSettingsError
 
-        return (RunFolderTaken, ResumeSettingsError)
+        return (ResumeSettingsError,)
 
-    # the job's prints (the run summary, warnings, its one-line error) also go to its folder's log
-    with JobLog(run_dir / f"{hydra_cfg.job.name}.log") as log:
-        return report_job_errors("prefixlab-train", run_dir, run, keep_folder=keep_folder, log_line=log.line)
+    return run_job("prefixlab-train", cfg, lambda run_dir: train(cfg, run_dir)[cfg.optimized_metric], keep_folder=keep_folder)
 
 
 _NO_RUN_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}

@@ -203,3 +203,21 @@ def test_one_experiment_runs_through_multirun_into_its_sweep_folder(tmp_path, da
     jobs = list((tmp_path / "multirun" / "experiments" / "low_data").glob("*/0/metrics.json"))
     assert len(jobs) == 1, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("metrics.json"))
     assert json.loads(jobs[0].read_text())["status"] == "completed"
+
+
+def test_low_data_gives_every_size_the_same_epochs_and_one_test_set():
+    """Issue 16: every size used to get 40 steps (6.4 epochs of 50 pairs, 0.64 of 500). Now each size
+    trains 5 epochs at scale=small, and the test set does not depend on the size or the subset."""
+    for size in (50, 100, 200, 500):
+        cfg = _compose(["experiment=low_data", f"experiment/low_data/size='{size}'"])
+        assert cfg.task.train_size == size
+        assert cfg.trainer.max_steps == -(-5 * size // cfg.task.batch_size), "5 epochs, rounded up to whole steps"
+        assert cfg.task.test_size is None and list(cfg.task.split_fractions) == [0.45, 0.1, 0.45]
+
+
+def test_extrapolation_tests_only_on_a_topic_it_never_trains_on():
+    cfg = _compose(["experiment=extrapolation"])
+    assert cfg.task.name == "bbc_headline" and cfg.task.test_size is None
+    assert set(cfg.task.test_topics) == {"sports"} and "sports" not in cfg.task.train_topics
+    finetune = _compose(["experiment=extrapolation", "method=finetune"])
+    assert finetune.trainer.max_steps == cfg.trainer.max_steps and finetune.task.batch_size == cfg.task.batch_size, "equal budgets"

@@ -88,3 +88,24 @@ def test_a_signal_outside_the_training_steps_is_still_an_interruption(tmp_path, 
     assert f"interrupted by {signal_name} after step 6; no checkpoint yet" in str(result)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["signal"] == signal_name and metrics["step"] == 6
+
+
+def test_the_same_signal_again_within_a_second_is_one_request_and_later_stops_at_once(tmp_path, monkeypatch):
+    """A scheduler that signals every process plus a sweep that passes the signal on deliver it twice
+    within milliseconds: that must not count as the insisting second signal (which skips the step's
+    checkpoint). Another signal, or the same one after the window, still stops at once."""
+    import signal
+
+    from prefixlab.training.reliability import StopOnSignal
+
+    forced = []
+    stop = StopOnSignal(tmp_path / "last.ckpt")
+    monkeypatch.setattr(stop, "_force_stop", forced.append)
+    stop._handle(signal.SIGTERM, None)
+    stop._handle(signal.SIGTERM, None)  # passed on by the sweep, milliseconds later
+    assert stop.received == signal.SIGTERM and forced == []
+    stop._handle(signal.SIGINT, None)  # another signal: the user insists
+    assert forced == [signal.SIGINT]
+    stop._received_at -= StopOnSignal.REPEAT_WINDOW_S + 0.1  # the same signal, later
+    stop._handle(signal.SIGTERM, None)
+    assert forced == [signal.SIGINT, signal.SIGTERM]

@@ -171,3 +171,26 @@ def test_the_projects_claims_files_parse_and_name_known_metrics():
         experiment = read_claims(path)
         assert experiment.claims and experiment.command.startswith("prefixlab-train")
         assert all(claim.paper for claim in experiment.claims)
+
+
+def test_an_arm_run_alone_beside_the_sweep_is_found_and_a_sweeps_own_jobs_are_not_counted_twice(tmp_path):
+    """One arm run as a single run (``hydra.run.dir=multirun/experiments/<name>/<run>``) pairs with the
+    sweep's arms; the sweep's job folders (also holding .hydra/) are not taken for single runs."""
+    from prefixlab.sweeps.scorecard import sweep_folders
+
+    experiments = tmp_path / "experiments"
+    make_sweep(tmp_path, "main_table", [({"method": "finetune"}, predictions(0.3, 3))])
+    alone = tmp_path / "multirun" / "experiments" / "main_table" / "single_runs"
+    make_job(alone, "prefix", ["experiment=main_table"], {"method": "prefix"},
+             {"method": {"name": "prefix"}, "seed": 42, "task": {"name": "e2e", "subset_seed": 0, "train_size": None}},
+             {"status": "completed"})
+    (alone / "prefix" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions(0.9, 1)))
+    found = sweep_folders(["multirun/experiments/main_table"], tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "multirun/experiments/main_table/2026-12-01_10-00-00", "multirun/experiments/main_table/single_runs/prefix"]
+    write_claims(experiments, "main_table", [{"id": "p", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
+                                              "a": {"method": "prefix"}, "b": {"method": "finetune"}}],
+                 sweeps=["multirun/experiments/main_table"])
+    build_scorecard(experiments, resamples=200)
+    row = next(csv.DictReader((experiments / "main_table" / "results.csv").open()))
+    assert row["verdict"] == "agrees" and row["runs"] == "2", row["note"]

@@ -171,6 +171,10 @@ class PackedLauncher(Launcher):
                       file=sys.stderr)
                 sys.exit(128 + stop.signum)
             except (*USER_ERRORS, PackingError) as error:  # the pack's checkpoint does not fit: before anything loaded
+                from prefixlab.run.hydra_files import put_back
+
+                for job in packable:  # refused: job folders that held a run get their .hydra/ back, as single runs do
+                    put_back(job.return_value.run_dir)
                 sys.exit(f"prefixlab-train: error: {error}")
         for ret, metrics in zip(packable, results):
             optimized_metric = ret.return_value.settings.optimized_metric
@@ -179,9 +183,13 @@ class PackedLauncher(Launcher):
             if ret.status != JobStatus.COMPLETED:  # its config did not convert: as the single-run path, NaN
                 print(f"prefixlab-train: error: {ret._return_value}", file=sys.stderr)
                 job_dir = OmegaConf.select(config, "hydra.runtime.output_dir")  # set by run_job
-                if job_dir:  # status: failed, for the sweep's summary and report
+                from prefixlab.run.folder_lock import RunFolderTaken
+                from prefixlab.run.hydra_files import put_back
+
+                # refused in a folder that held a run (its .hydra/ comes back), or another process's: nothing written there
+                if job_dir and not put_back(Path(job_dir)) and not isinstance(ret._return_value, RunFolderTaken):
                     from prefixlab.cli.errors import record_input_error
 
-                    record_input_error(ret._return_value, Path(job_dir))
+                    record_input_error(ret._return_value, Path(job_dir))  # status: failed, for the summary and report
                 ret.return_value, ret.status = math.nan, JobStatus.COMPLETED
         return prepared

@@ -39,9 +39,14 @@ def report_job_errors(app: str, run_dir: Path, job: Callable[[], Any], *, input_
     try:
         return job()
     except BaseException as error:
+        from prefixlab.run.hydra_files import put_back
+
+        # refused before the job accepted the run (train: before preflight passed), in a folder that
+        # held a run: Hydra's new .hydra/ files give way to that run's, and nothing else is written
+        untouched = put_back(run_dir)
         # a config error (the commonest, found before anything loads) needs no torch import to be reported
         if isinstance(error, ConfigError):
-            user_error, failed_run, keep = True, False, False
+            user_error, failed_run, keep = True, False, untouched
         else:
             from prefixlab.errors import USER_ERRORS
             from prefixlab.training.reliability import RunFailed, RunInterrupted
@@ -51,7 +56,7 @@ def report_job_errors(app: str, run_dir: Path, job: Callable[[], Any], *, input_
                 sys.exit(128 + error.signum)
             failed_run = isinstance(error, RunFailed)
             user_error = failed_run or isinstance(error, (*USER_ERRORS, *input_errors()))
-            keep = isinstance(error, keep_folder())
+            keep = untouched or isinstance(error, keep_folder())
         if not user_error:
             raise
         if not failed_run and not keep:  # RunFailed wrote its own metrics.json
@@ -108,6 +113,15 @@ def composition_error_line(error: BaseException) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    if isinstance(error, ValueError) and "Config group override must be a string" in str(error):
+        # Hydra parses `size=500` as the integer 500, and a group's option is a file name
+        numeric = [a for a in sys.argv[1:] if re.fullmatch(r"[\w/@.-]+=[-+]?\d[\d.e+-]*(,[-+]?\d[\d.e+-]*)*", a)
+                   and "." not in a.split("=", 1)[0]]
+        named = f" ({', '.join(numeric)})" if numeric else ""
+        return (f"a config group's option was read as a number{named}: an option is a file name, so quote it "
+                "(group='500', or group='50','100' in a sweep)")
+    if isinstance(error, ValueError) and str(error).startswith("Only one of --run, --multirun"):
+        return str(error)  # e.g. -m with --cfg: Hydra's own sentence is the whole story
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
     unknown = error

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -97,6 +98,9 @@ def build_data_and_module(plan: Preflight):
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     plan = preflight(cfg, run_dir)  # nothing below runs on a bad config, model, folder or checkpoint
+    from prefixlab.run.hydra_files import forget
+
+    forget(run_dir)  # accepted: Hydra's new .hydra/ files stand (a refusal above puts the folder's old ones back)
     settings, resolved, resume_from, saved, changes = plan.settings, plan.resolved, plan.resume_from, plan.saved, plan.changes
     import pytorch_lightning as pl
 
@@ -237,6 +241,7 @@ def main() -> None:
 
         print_help("prefixlab-train", __doc__ or "", TrainConfig, Path(CONFIG_DIR), "train")
         return
+    held = ExitStack()  # a sweep's folder lock, for the whole sweep
     if not _NO_RUN_FLAGS.intersection(args):
         multirun = "-m" in args or "--multirun" in args
         key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
@@ -253,9 +258,29 @@ def main() -> None:
                 resume = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("resume=")]
                 check_no_unfinished_run(Path(run_dir), None if not resume or resume[-1] in ("null", "None", "") else resume[-1],
                                         Path(run_dir) / LAST_CHECKPOINT)
+            if given and multirun and "${" not in run_dir:
+                # one sweep per sweep folder, whatever the launcher (a job folder is locked by its job):
+                # a second sweep is refused before Hydra rewrites the first one's multirun.yaml
+                from prefixlab.run.folder_lock import RunFolderLock
+
+                held.enter_context(RunFolderLock(Path(run_dir), key="hydra.sweep.dir"))
+            if given and "${" not in run_dir and Path(run_dir).is_dir():
+                # Hydra is about to rewrite .hydra/ there; a run refused before it trains puts these back
+                from prefixlab.run.hydra_files import remember
+
+                for folder in [p for p in Path(run_dir).iterdir() if p.is_dir()] if multirun else [Path(run_dir)]:
+                    remember(folder)  # a sweep: each job folder (resume=auto of a sweep reuses them)
         except OutputDirError as error:
+            held.close()
             sys.exit(f"prefixlab-train: error: {error}")
-    run_hydra("prefixlab-train", hydra_main)
+    from prefixlab.cli.sweep_callback import print_summary_if_cut_short
+
+    with held:
+        try:
+            run_hydra("prefixlab-train", hydra_main)
+        except SystemExit as stop:  # a sweep stopped by a signal still ends with its summary
+            print_summary_if_cut_short(stop.code)
+            raise
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def check_no_unfinished_run(run_dir: Path, resume: str | None, checkpoint: Path)
 
 
 class RunFolderLock:
-    """``with RunFolderLock(run_dir):`` hold the folder for this process (rank 0 only under DDP)."""
+    """``with RunFolderLock(run_dir):`` hold the folder for this process (rank 0 only under DDP);
+    ``key``: the setting that chooses another folder (``hydra.sweep.dir`` for a sweep's folder)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, key: str = "hydra.run.dir") -> None:
         self.path = Path(run_dir) / LOCK_FILE
+        self.key = key
         self.handle = None
 
     def __enter__(self) -> "RunFolderLock":
@@ -85,7 +87,7 @@ class RunFolderLock:
             owner = _owner(self.path)
             handle.close()
             raise RunFolderTaken(f"{self.path.parent} is in use by {_describe(owner)}; wait for it to finish, "
-                                 f"or write elsewhere (another hydra.run.dir)") from None
+                                 f"or write elsewhere (another {self.key})") from None
         previous = _owner(self.path)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             print(f"prefixlab-train: taking over the lock of {_describe(previous)}, which no longer holds it "

@@ -8,6 +8,8 @@ and the sweep ends in a TerminatedWorkerError. Here joblib's threads only wait: 
 handing one back (killed by a signal, or exited) gets ``status: killed`` in its metrics.json
 (when it left no final status there) and returns NaN like any failed job, and the summary
 printed at the end of the sweep names it (``prefixlab.sweeps.summary``, for every launcher).
+SIGINT / SIGTERM to the sweep's own process is passed on to the running jobs (``SweepStop``):
+they stop with checkpoints, no job starts after it, and the sweep exits 128 + the signal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,18 +73,80 @@ def _killed_return(overrides: Sequence[str], job_dir: Path | None):
                      status=JobStatus.COMPLETED, _return_value=float("nan"))  # NaN: as any failed job of a sweep
 
 
-def _run_in_own_process(idx: int, overrides: Sequence[str], state: tuple, work: Path):
+class SweepStop:
+    """SIGINT / SIGTERM to the sweep's process (``timeout``, ``docker stop`` and some schedulers
+    signal only that one): passed on to every running job process, which stops as a single run
+    does (``last.ckpt``, ``status: interrupted``), and no job starts after it. A second signal is
+    passed on too: the jobs stop at once. The jobs run in process groups of their own, so a
+    Ctrl-C in the terminal reaches them once, through this, not twice (which would be "at once")."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.not_started = 0
+        self._lock = threading.RLock()  # the handler runs in the main thread, the jobs' threads start and end processes
+        self._running: set[subprocess.Popen] = set()
+        self._previous: dict[int, Any] = {}
+
+    def listen(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+
+    def stop_listening(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        again = self.received is not None
+        self.received = signum
+        with self._lock:
+            running = list(self._running)
+        print(f"\nreceived {signal.Signals(signum).name}: " + (f"passing it on to the {len(running)} running sweep jobs "
+              "(they stop at once)" if again else f"passing it on to the {len(running)} running sweep jobs (each stops "
+              "after its current step, with a checkpoint); no new job starts (send it again to stop at once)"),
+              file=sys.stderr, flush=True)
+        for process in running:
+            try:
+                process.send_signal(signum)
+            except ProcessLookupError:
+                pass  # it ended meanwhile
+
+    def start(self, args: list[str]) -> subprocess.Popen | None:
+        """The job's process, or None once a stop was asked for."""
+        with self._lock:
+            if self.received is not None:
+                self.not_started += 1
+                return None
+            process = subprocess.Popen(args, process_group=0)
+            self._running.add(process)
+            return process
+
+    def ended(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+
+def _run_in_own_process(idx: int, overrides: Sequence[str], state: tuple, work: Path, stop: SweepStop):
     import cloudpickle  # what joblib (loky) pickles jobs with: functions defined in __main__ too
 
     payload, result, where = work / f"{idx}.in", work / f"{idx}.out", work / f"{idx}.dir"
     payload.write_bytes(cloudpickle.dumps((idx, list(overrides), *state)))
-    done = subprocess.run([sys.executable, "-m", "prefixlab.sweeps.joblib_sweep", str(payload), str(result), str(where)])
+    process = stop.start([sys.executable, "-m", "prefixlab.sweeps.joblib_sweep", str(payload), str(result), str(where)])
+    if process is None:  # the sweep was stopped before this job's turn
+        return _killed_return(overrides, None), None
+    try:
+        returncode = process.wait()
+    finally:
+        stop.ended(process)
     job_dir = Path(where.read_text()) if where.is_file() else None
     if result.is_file():
         return cloudpickle.loads(result.read_bytes()), job_dir
-    ended, signal_name = _how_it_ended(done.returncode)
-    _record_killed(job_dir, ended, signal_name)
-    print(f"prefixlab-train: sweep job #{idx} {ended}, in {job_dir}; the other jobs go on", file=sys.stderr, flush=True)
+    ended, signal_name = _how_it_ended(returncode)
+    _record_killed(job_dir, ended, signal_name)  # a job stopped by the passed-on signal recorded `interrupted` itself
+    if stop.received is None:
+        print(f"prefixlab-train: sweep job #{idx} {ended}, in {job_dir}; the other jobs go on", file=sys.stderr, flush=True)
     return _killed_return(overrides, job_dir), job_dir
 
 
@@ -101,13 +166,22 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
     state = (launcher.hydra_context, launcher.config, launcher.task_function, Singleton.get_state())
     work = Path(tempfile.mkdtemp(prefix=".joblib-", dir=sweep_dir))
+    stop = SweepStop()
+    stop.listen()
     try:
         # threads only wait for the job processes: a job that dies takes nothing else with it
         ended = Parallel(n_jobs=n_jobs, backend="threading")(
-            delayed(_run_in_own_process)(initial_job_idx + idx, overrides, state, work)
+            delayed(_run_in_own_process)(initial_job_idx + idx, overrides, state, work, stop)
             for idx, overrides in enumerate(job_overrides))
     finally:
+        stop.stop_listening()
         shutil.rmtree(work, ignore_errors=True)
+    if stop.received is not None:  # as a single run: exit like a process killed by that signal (the summary follows)
+        n = stop.not_started
+        print(f"prefixlab-train: sweep stopped by {signal.Signals(stop.received).name}"
+              + (f"; {n} job{'s' * (n != 1)} not started" if n else "")
+              + f" (continue with resume=auto and the same hydra.sweep.dir={sweep_dir})", file=sys.stderr, flush=True)
+        sys.exit(128 + stop.received)
     # the summary (this killed job named among the others) is the sweep callback's, as for every launcher
     return [run for run, _ in ended]
 
@@ -129,8 +203,12 @@ def _job_main(payload: Path, result: Path, where: Path) -> None:
         sweep_config.hydra.job.num = idx
     HydraConfig.instance().set_config(sweep_config)
     # the folder run_job will use, for the launcher to find if this process dies
-    where.write_text(os.path.join(str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
-                                  str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))))
+    job_dir = os.path.join(str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
+                           str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
+    where.write_text(job_dir)
+    from prefixlab.run.hydra_files import remember
+
+    remember(Path(job_dir))  # a resume=auto sweep into a sweep's folder: a refused job puts its .hydra/ back
     ret = run_job(hydra_context=hydra_context, config=sweep_config, task_function=task_function,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     partial = result.with_suffix(".partial")

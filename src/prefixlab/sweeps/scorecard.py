@@ -155,7 +155,9 @@ def read_claims(path: Path) -> Experiment:
 
 def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
     """The sweeps under each pattern (relative to ``root``, globs allowed): every folder holding a
-    ``multirun.yaml`` below it, or the folder itself when it holds job folders."""
+    ``multirun.yaml`` below it, every single run folder below it that is in no such sweep (an arm run
+    alone, ``prefixlab-train experiment=<name> method=<one> hydra.run.dir=<pattern>/<run>``), or the
+    folder itself when it holds job folders."""
     found: list[Path] = []
     for pattern in patterns:
         full = str(Path(pattern) if Path(pattern).is_absolute() else root / pattern)
@@ -163,7 +165,10 @@ def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
             if not path.is_dir():
                 continue
             sweeps = sorted({p.parent for p in path.rglob("multirun.yaml")})
-            found += sweeps or [path]
+            single_runs = sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml")
+                                 if not (p.parent.parent / "multirun.yaml").exists()
+                                 and not any(s == p.parent.parent or s in p.parent.parent.parents for s in sweeps))
+            found += (sweeps + single_runs) or [path]
     return list(dict.fromkeys(found))
 
 

@@ -77,11 +77,17 @@ class StopOnSignal(pl.Callback):
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # The same signal again within this many seconds is the same request, not "stop at once": a
+    # scheduler that signals every process (SLURM preemption, `kill` of a process group) and a sweep
+    # that passes the signal on to its jobs deliver it twice within milliseconds, and that must not
+    # cost the step's checkpoint.
+    REPEAT_WINDOW_S = 1.0
 
     def __init__(self, checkpoint_path: Path, on_forced_stop: Callable[[RunInterrupted], object] | None = None) -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.on_forced_stop = on_forced_stop
         self.received: int | None = None
+        self._received_at = 0.0
         self.criterion = _StopRequested(self)
         self._outer: dict[int, object] = {}  # before listen()
         self._previous: dict[int, object] = {}  # Lightning's, during a stage
@@ -91,9 +97,14 @@ class StopOnSignal(pl.Callback):
 
     # ---- handlers -----------------------------------------------------------------------------
     def _handle(self, signum: int, frame) -> None:
-        if self.received is not None:  # asked twice: stop now
-            self._force_stop(signum)
-        self.received = signum
+        now = time.monotonic()
+        if self.received is not None:
+            if signum == self.received and now - self._received_at < self.REPEAT_WINDOW_S:
+                print(f"\nreceived {signal.Signals(signum).name} again within {self.REPEAT_WINDOW_S:g} s: the same request "
+                      "(passed on by a sweep or a scheduler); send it again later to stop at once", file=sys.stderr, flush=True)
+                return
+            self._force_stop(signum)  # asked twice: stop now
+        self.received, self._received_at = signum, now
         print(f"\nreceived {signal.Signals(signum).name}: stopping after the current step or decoding step "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 

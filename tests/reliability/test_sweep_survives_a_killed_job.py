@@ -48,3 +48,31 @@ def test_a_joblib_job_killed_with_sigkill_leaves_the_sibling_its_results_and_is_
     assert "TerminatedWorkerError" not in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert "sweep summary: 2 jobs, 1 completed, 1 killed" in stderr
     assert f"job #0 (trainer.max_steps=300): killed, in {sweep_dir / '0'}" in stderr
+
+
+@pytest.mark.cli
+def test_a_joblib_job_imports_the_modules_the_sweeps_state_names(tmp_path, monkeypatch):
+    """Regression: a job process unpickles the sweep's Hydra state (its ConfigStore included), which
+    can name a module the sweep imported from a folder a fresh interpreter does not search (a
+    script's own folder, a test's helpers). The job ended at once with ModuleNotFoundError; it now
+    gets the sweep's import path."""
+    import json
+
+    from hydra.core.config_store import ConfigStore
+
+    from .test_refused_resume_keeps_folder import RUN, train_in_process
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "sweep_only_module.py").write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass Extra:\n    x: int = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    import sweep_only_module
+
+    store = ConfigStore.instance()
+    store.store(name="sweep_only_extra", node=sweep_only_module.Extra)
+    try:
+        sweep = tmp_path / "sweep"
+        assert train_in_process(monkeypatch, ["-m", *RUN, "launcher=joblib", f"hydra.sweep.dir={sweep}"]) is None
+    finally:
+        store.repo.pop("sweep_only_extra.yaml", None)
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"

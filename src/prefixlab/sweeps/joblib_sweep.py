@@ -119,13 +119,21 @@ class SweepStop:
             if self.received is not None:
                 self.not_started += 1
                 return None
-            process = subprocess.Popen(args, process_group=0)
+            process = subprocess.Popen(args, process_group=0, env=_job_environment())
             self._running.add(process)
             return process
 
     def ended(self, process: subprocess.Popen) -> None:
         with self._lock:
             self._running.discard(process)
+
+
+def _job_environment() -> dict[str, str]:
+    """The job process's environment: this one, with this process's import path as PYTHONPATH. The
+    job unpickles the sweep's Hydra state, which may name modules this process imported from folders
+    a fresh interpreter would not search (a script's own folder, a test's helpers): a job that
+    cannot import them used to end at once with ModuleNotFoundError."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def _run_in_own_process(idx: int, overrides: Sequence[str], state: tuple, work: Path, stop: SweepStop):

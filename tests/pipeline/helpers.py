@@ -43,3 +43,21 @@ def load_tiny_lm():
     return load_lm(
         TINY_MODEL["name_or_path"], random_init=True, config_overrides=TINY_MODEL["config_overrides"]
     )
+
+
+def train_in_process(monkeypatch, args) -> object:
+    """`prefixlab-train args` in this process; the message it exits with (None: success). Hydra's
+    job logging stays off: its dictConfig would close pytest's own log handlers (a past CI failure)."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prefixlab.cli import train
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["prefixlab-train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    try:
+        train.main()
+    except SystemExit as exit_:
+        return exit_.code
+    return None

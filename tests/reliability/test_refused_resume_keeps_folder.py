@@ -6,30 +6,13 @@ used to leave the folder recording a config that never ran beside the old checkp
 refusals other than changed settings also replaced its metrics.json with ``status: failed``."""
 
 import json
-import sys
 
 import pytest
 
-from pipeline.helpers import TINY_CLI
+from pipeline.helpers import TINY_CLI, train_in_process
 
 RUN = [a for a in TINY_CLI if not a.startswith("trainer.max_steps=")] + [
     "trainer.max_steps=2", "trainer.checkpoint_every_n_steps=2", "eval_zero_shot=false"]
-
-
-def train_in_process(monkeypatch, args):
-    """`prefixlab-train args` in this process; the message it exits with (None: success)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from prefixlab.cli import train
-
-    GlobalHydra.instance().clear()
-    # Hydra's logging dictConfig would close pytest's own handlers
-    monkeypatch.setattr(sys, "argv", ["prefixlab-train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    try:
-        train.main()
-    except SystemExit as exit_:
-        return exit_.code
-    return None
 
 
 def files(folder):

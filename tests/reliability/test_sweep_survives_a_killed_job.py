@@ -60,7 +60,9 @@ def test_a_joblib_job_imports_the_modules_the_sweeps_state_names(tmp_path, monke
 
     from hydra.core.config_store import ConfigStore
 
-    from .test_refused_resume_keeps_folder import RUN, train_in_process
+    from pipeline.helpers import train_in_process
+
+    from .test_refused_resume_keeps_folder import RUN
 
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "sweep_only_module.py").write_text(

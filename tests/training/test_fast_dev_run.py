@@ -3,25 +3,9 @@ meanings, through the real entry point in this process on the tiny model. A smok
 export and no predictions, and its metrics.json says fast_dev_run, so it never passes for a result."""
 
 import json
-import sys
 
 from pipeline.helpers import TINY_CLI
-
-
-def run_train(monkeypatch, args) -> object:
-    """`prefixlab-train args` in this process; the exit message (None for success)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from prefixlab.cli import train
-
-    GlobalHydra.instance().clear()
-    # Hydra's job logging reconfigures logging and closes pytest's handlers: off in-process
-    monkeypatch.setattr(sys, "argv", ["prefixlab-train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    try:
-        train.main()
-    except SystemExit as exit_:
-        return exit_.code
-    return None
+from pipeline.helpers import train_in_process as run_train
 
 
 def test_fast_dev_run_runs_one_batch_of_each_split_and_leaves_nothing_that_looks_like_a_result(tmp_path, monkeypatch):

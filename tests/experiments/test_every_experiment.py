@@ -221,3 +221,21 @@ def test_extrapolation_tests_only_on_a_topic_it_never_trains_on():
     assert set(cfg.task.test_topics) == {"sports"} and "sports" not in cfg.task.train_topics
     finetune = _compose(["experiment=extrapolation", "method=finetune"])
     assert finetune.trainer.max_steps == cfg.trainer.max_steps and finetune.task.batch_size == cfg.task.batch_size, "equal budgets"
+
+
+@pytest.mark.parametrize("scale", ["small", "paper"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_prefix_grid_can_run_packed(experiment, scale):
+    """The docs send prefix grids through ``launcher=packed``: a grid whose every method can share the
+    LM must not be refused by the packed launcher (the small-scale configs validate once, at
+    max_steps, which the launcher refused as a periodic validation until 2026-12-01). Grids with
+    fine-tuning (e2e_main_table, low_data, extrapolation) run without it."""
+    from prefixlab.methods import method_names
+    from prefixlab.sweeps.packed import packing_problem
+
+    points = covering_points(experiment, scale) if _axes(experiment, scale) else []
+    settings = [OmegaConf.to_object(_compose([f"experiment={experiment}", f"scale={scale}", *p])) for p in points]
+    if not settings or any(s.method.name not in method_names(packable=True) for s in settings):
+        return  # a single run, or a grid with a method that trains the LM: not a packed sweep
+    for point, job in zip(points, settings):
+        assert packing_problem(job) is None, (point, packing_problem(job))

@@ -290,6 +290,10 @@ def test_methods_that_train_the_lm_and_unsupported_settings_are_refused():
         problem = packing_problem(OmegaConf.to_object(compose_job([*own, *overrides])))
         assert problem and expected in problem, (overrides, problem)
     assert packing_problem(OmegaConf.to_object(compose_job(base))) is None
+    # validation once at the last step is what a pack does anyway (the experiment configs ask for it)
+    max_steps = OmegaConf.to_object(compose_job(base)).trainer.max_steps
+    for interval in (max_steps, max_steps + 1):
+        assert packing_problem(OmegaConf.to_object(compose_job([*base, f"trainer.val_check_interval={interval}"]))) is None
 
 
 def test_jobs_pack_when_they_can_share_the_lm(tiny_pretrained):

@@ -80,8 +80,11 @@ def packing_problem(settings: TrainConfig) -> str | None:
                        ("export.checkpoint=best", settings.export.checkpoint == "best")):
         if asked:  # both need validation during training, which a pack does not run
             return f"{key} is not supported by launcher=packed (a pack trains every job to its max_steps and exports that step)"
-    if trainer.val_check_interval is not None:
-        return "trainer.val_check_interval is not supported by launcher=packed (jobs are validated after training)"
+    # A pack validates every job once, after its last step: the same as a validation interval that
+    # first falls at max_steps (the experiment configs set it to max_steps), not a periodic one.
+    if trainer.val_check_interval is not None and trainer.val_check_interval < trainer.max_steps:
+        return (f"trainer.val_check_interval={trainer.val_check_interval} is not supported by launcher=packed "
+                f"(jobs are validated once, after their last step: use null or trainer.max_steps)")
     if trainer.accumulate_grad_batches != 1:
         return "trainer.accumulate_grad_batches > 1 is not supported by launcher=packed"
     if str(trainer.precision) not in PACKABLE_PRECISIONS:

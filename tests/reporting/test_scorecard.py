@@ -174,6 +174,7 @@ def test_the_projects_claims_files_parse_and_name_known_metrics():
 
 
 def test_an_arm_run_alone_beside_the_sweep_is_found_and_a_sweeps_own_jobs_are_not_counted_twice(tmp_path):
+    # (and a sweep folder without a job, refused before its first job, is skipped)
     """One arm run as a single run (``hydra.run.dir=multirun/experiments/<name>/<run>``) pairs with the
     sweep's arms; the sweep's job folders (also holding .hydra/) are not taken for single runs."""
     from prefixlab.sweeps.scorecard import sweep_folders
@@ -185,6 +186,9 @@ def test_an_arm_run_alone_beside_the_sweep_is_found_and_a_sweeps_own_jobs_are_no
              {"method": {"name": "prefix"}, "seed": 42, "task": {"name": "e2e", "subset_seed": 0, "train_size": None}},
              {"status": "completed"})
     (alone / "prefix" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions(0.9, 1)))
+    refused = tmp_path / "multirun" / "experiments" / "main_table" / "2026-12-01_09-00-00"
+    refused.mkdir()  # a sweep the launcher refused: Hydra had written multirun.yaml, no job ran
+    (refused / "multirun.yaml").write_text("hydra: {}\n")
     found = sweep_folders(["multirun/experiments/main_table"], tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "multirun/experiments/main_table/2026-12-01_10-00-00", "multirun/experiments/main_table/single_runs/prefix"]

@@ -250,7 +250,8 @@ def read_job(path: Path, label: str) -> Job:
     return job
 
 
-def _is_job_dir(path: Path) -> bool:
+def is_job_dir(path: Path) -> bool:
+    """A run folder: Hydra's ``.hydra/`` or prefixlab's ``metrics.json`` in it."""
     return path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").exists())
 
 
@@ -260,8 +261,8 @@ def find_jobs(sweep_dirs: list[Path]) -> list[Job]:
     for sweep in sweep_dirs:
         if not sweep.is_dir():
             raise ReportError(f"{sweep} is not a directory")
-        found = [sweep] if _is_job_dir(sweep) else sorted(
-            (p for p in sweep.iterdir() if _is_job_dir(p)), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        found = [sweep] if is_job_dir(sweep) else sorted(
+            (p for p in sweep.iterdir() if is_job_dir(p)), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
         if not found:
             raise ReportError(f"{sweep} has no job folders (expected <sweep>/<job number>/ with .hydra/ or metrics.json)")
         for path in found:

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from prefixlab.run.artifacts import atomic_write_text
-from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs
+from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs, is_job_dir
 from prefixlab.sweeps.significance import (Estimate, Predictions, Spread, contrast, corpus_value, get_metric, read_predictions,
                                            seed_spread)
 from prefixlab.sweeps.table import REPEAT_KEYS, as_text
@@ -155,7 +155,7 @@ def read_claims(path: Path) -> Experiment:
 
 def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
     """The sweeps under each pattern (relative to ``root``, globs allowed): every folder holding a
-    ``multirun.yaml`` below it, every single run folder below it that is in no such sweep (an arm run
+    ``multirun.yaml`` and a job folder below it, every single run folder below it that is in no such sweep (an arm run
     alone, ``prefixlab-train experiment=<name> method=<one> hydra.run.dir=<pattern>/<run>``), or the
     folder itself when it holds job folders."""
     found: list[Path] = []
@@ -165,6 +165,9 @@ def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
             if not path.is_dir():
                 continue
             sweeps = sorted({p.parent for p in path.rglob("multirun.yaml")})
+            # A sweep refused before its first job (Hydra writes multirun.yaml before the launcher
+            # checks the jobs) or not yet started has no job folder: nothing to score, skip it.
+            sweeps = [s for s in sweeps if any(is_job_dir(child) for child in s.iterdir())]
             single_runs = sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml")
                                  if not (p.parent.parent / "multirun.yaml").exists()
                                  and not any(s == p.parent.parent or s in p.parent.parent.parents for s in sweeps))

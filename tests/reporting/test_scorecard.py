@@ -198,3 +198,17 @@ def test_an_arm_run_alone_beside_the_sweep_is_found_and_a_sweeps_own_jobs_are_no
     build_scorecard(experiments, resamples=200)
     row = next(csv.DictReader((experiments / "main_table" / "results.csv").open()))
     assert row["verdict"] == "agrees" and row["runs"] == "2", row["note"]
+
+
+def test_an_experiment_whose_only_sweep_was_refused_is_not_measured(tmp_path):
+    """A sweep folder with nothing but Hydra's multirun.yaml (the launcher refused every job) gives
+    the claim's row "not measured"; the scorecard does not stop."""
+    experiments = tmp_path / "experiments"
+    refused = tmp_path / "multirun" / "experiments" / "main_table" / "2026-12-01_09-00-00"
+    refused.mkdir(parents=True)
+    (refused / "multirun.yaml").write_text("hydra: {}\n")
+    write_claims(experiments, "main_table", [{"id": "p", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
+                                              "a": {"method": "prefix"}, "b": {"method": "finetune"}}],
+                 sweeps=["multirun/experiments/main_table"])
+    readme = build_scorecard(experiments, resamples=200)
+    assert "not measured: no sweep found under multirun/experiments/main_table" in readme.read_text()

@@ -171,7 +171,8 @@ def sweep_folders(patterns: list[str], root: Path) -> list[Path]:
             single_runs = sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml")
                                  if not (p.parent.parent / "multirun.yaml").exists()
                                  and not any(s == p.parent.parent or s in p.parent.parent.parents for s in sweeps))
-            found += (sweeps + single_runs) or [path]
+            holds_jobs = is_job_dir(path) or any(is_job_dir(child) for child in path.iterdir())
+            found += (sweeps + single_runs) or ([path] if holds_jobs else [])
     return list(dict.fromkeys(found))
 
 

@@ -84,7 +84,7 @@ def packing_problem(settings: TrainConfig) -> str | None:
     # first falls at max_steps (the experiment configs set it to max_steps), not a periodic one.
     if trainer.val_check_interval is not None and trainer.val_check_interval < trainer.max_steps:
         return (f"trainer.val_check_interval={trainer.val_check_interval} is not supported by launcher=packed "
-                f"(jobs are validated once, after their last step: use null or trainer.max_steps)")
+                "(jobs are validated once, after their last step: use null or trainer.max_steps)")
     if trainer.accumulate_grad_batches != 1:
         return "trainer.accumulate_grad_batches > 1 is not supported by launcher=packed"
     if str(trainer.precision) not in PACKABLE_PRECISIONS:

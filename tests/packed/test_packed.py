@@ -356,6 +356,8 @@ def test_cli_refuses_a_packed_sweep_it_cannot_run_before_anything_loads(tmp_path
     assert "Traceback" not in result.stderr
     assert "Loading weights" not in result.stdout + result.stderr
     assert not [d for d in tmp_path.glob("multirun/*/*/*") if d.is_dir()]  # no job folder was made
+    # nor a sweep folder holding only Hydra's multirun.yaml (reports would have to skip it)
+    assert not list(tmp_path.glob("multirun/**/multirun.yaml"))
 
 
 @pytest.mark.cli

@@ -4,7 +4,8 @@ Selected with ``launcher=packed`` (conf/launcher/packed.yaml). Per batch of jobs
 
 1. compose every job's config (as the basic launcher does) and check, before anything is
    written or loaded, that each job can be packed (``prefixlab.sweeps.packed.packing_problem``): if
-   one cannot, the sweep stops with one line naming the job and the reason;
+   one cannot, the sweep stops with one line naming the job and the reason, and removes the
+   sweep folder that holds only Hydra's multirun.yaml;
 2. group the jobs by ``pack_key`` (same model settings, device and precision);
 3. a group of one job runs as an ordinary job (``run_job`` with the task function: the
    single-run path, checkpoints included); a larger group gets each job's run directory and
@@ -29,7 +30,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -86,7 +87,7 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
         if rows_per_forward_problem(self.rows_per_forward):  # before any folder is made
-            sys.exit(f"prefixlab-train: error: {rows_per_forward_problem(self.rows_per_forward)}")
+            self._refuse(rows_per_forward_problem(self.rows_per_forward))
         configs: List[DictConfig] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -98,7 +99,7 @@ class PackedLauncher(Launcher):
         for idx, (overrides, job) in enumerate(zip(job_overrides, settings), start=initial_job_idx):
             problem = job and packing_problem(job)
             if problem:  # before any folder is made or any model loads
-                sys.exit(f"prefixlab-train: error: job #{idx} ({' '.join(filter_overrides(overrides))}): {problem}")
+                self._refuse(f"job #{idx} ({' '.join(filter_overrides(overrides))}): {problem}")
 
         groups: Dict[str, List[int]] = {}
         for i, job in enumerate(settings):
@@ -118,6 +119,17 @@ class PackedLauncher(Launcher):
                     returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns  # type: ignore[return-value]
+
+    def _refuse(self, problem: str) -> NoReturn:
+        """Stop the sweep before any job runs. Hydra's sweeper has already written the sweep folder's
+        multirun.yaml; a folder holding nothing else is removed, so that a refused sweep leaves no
+        folder for reports and scorecards to trip over (a folder with jobs from before is kept)."""
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+            (sweep_dir / "multirun.yaml").unlink()
+            sweep_dir.rmdir()
+        sys.exit(f"prefixlab-train: error: {problem}")
 
     def _run(self, sweep_config: DictConfig, task_function: TaskFunction) -> JobReturn:
         assert self.hydra_context is not None

@@ -86,7 +86,7 @@ class PackedLauncher(Launcher):
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        if rows_per_forward_problem(self.rows_per_forward):  # before any folder is made
+        if rows_per_forward_problem(self.rows_per_forward):  # before any job folder is made
             self._refuse(rows_per_forward_problem(self.rows_per_forward))
         configs: List[DictConfig] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -98,7 +98,7 @@ class PackedLauncher(Launcher):
         settings = [_settings(_task_config(c)) for c in configs]
         for idx, (overrides, job) in enumerate(zip(job_overrides, settings), start=initial_job_idx):
             problem = job and packing_problem(job)
-            if problem:  # before any folder is made or any model loads
+            if problem:  # before any job folder is made or any model loads
                 self._refuse(f"job #{idx} ({' '.join(filter_overrides(overrides))}): {problem}")
 
         groups: Dict[str, List[int]] = {}

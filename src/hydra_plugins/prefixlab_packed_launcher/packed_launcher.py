@@ -86,8 +86,9 @@ class PackedLauncher(Launcher):
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        if rows_per_forward_problem(self.rows_per_forward):  # before any job folder is made
-            self._refuse(rows_per_forward_problem(self.rows_per_forward))
+        rows_problem = rows_per_forward_problem(self.rows_per_forward)
+        if rows_problem:  # before any job folder is made
+            self._refuse(rows_problem)
         configs: List[DictConfig] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from prefixlab.config import register_configs
 from prefixlab.engine.export import load_prefix
+from prefixlab.sweeps.jobs import read_wandb_run
 from prefixlab.sweeps.packed import PackedJob, optimized_value, pack_key, packing_problem, train_packed
 from prefixlab.cli.train import CONFIG_DIR, train
 
@@ -377,17 +378,23 @@ def test_cli_jobs_that_cannot_share_an_lm_run_alone(tmp_path):
 def test_each_packed_job_gets_its_own_finished_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    tiny = [*TINY_CLI, *COMMON, "trainer.max_steps=2", "logger=wandb"]
-    configs = [compose_job([*tiny, "method.prefix_length=2"]), compose_job([*tiny, "optim.lr=1e-3"])]
+    tiny = [*TINY_CLI, *COMMON, "logger=wandb", "logger.samples_rows=2"]
+    configs = [compose_job([*tiny, "method.prefix_length=2", "trainer.max_steps=2"]),
+               compose_job([*tiny, "optim.lr=1e-3", "trainer.max_steps=3"])]
     results = train_packed([packed_job(cfg, tmp_path / str(i)) for i, cfg in enumerate(configs)])
     assert [r["status"] for r in results] == ["completed", "completed"]
-    for i in range(2):
-        runs = list((tmp_path / str(i) / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, "one W&B run per job, in the job's own folder"
-        assert list(runs[0].glob("*.wandb"))
     import wandb
 
     assert wandb.run is None  # every run was finished
+    wandb.teardown()  # finish() returns before W&B's service has written the run's last records
+    for i, steps in enumerate((2, 3)):
+        runs = list((tmp_path / str(i) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, "one W&B run per job, in the job's own folder"
+        history = read_wandb_run(next(runs[0].glob("*.wandb")))["history"]
+        # the samples tables and the evaluation metrics at the step the job's training ended, as in a
+        # single run (its evaluation Trainer never trained: its own global_step is 0)
+        for key in ("val/samples", "test/samples", "test/loss"):
+            assert [r["trainer/global_step"] for r in history if key in r] == [steps], key
 
 
 def test_rows_per_forward_defaults_to_the_largest_job_batch_on_a_cpu_and_to_all_rows_on_a_gpu():

@@ -35,10 +35,15 @@ class SamplesTable(pl.Callback):
     that has a form for it.
 
     Runs in ``on_*_end``, after the module's ``on_*_epoch_end`` has scored the rows and kept them
-    in ``last_predictions`` (callbacks' epoch-end hooks run before the module's)."""
+    in ``last_predictions`` (callbacks' epoch-end hooks run before the module's).
 
-    def __init__(self, rows: int) -> None:
+    ``step``: the step the tables belong to when the Trainer that evaluates is not the one that
+    trained (a packed job is evaluated by a Trainer of its own, whose global_step is 0, after the
+    pack trained it for ``step`` steps); None: the Trainer's global_step."""
+
+    def __init__(self, rows: int, step: int | None = None) -> None:
         self.rows = rows
+        self.step = step
         self._logged: dict[str, int] = {}
         self._steps: set[tuple[str, int]] = set()
 
@@ -49,9 +54,10 @@ class SamplesTable(pl.Callback):
         self._logged[stage] = id(samples)
         # a validation again at the same step (trainer.validate after a fit that validated last)
         # scores the same prefix: the same table
-        if (stage, trainer.global_step) in self._steps:
+        step = trainer.global_step if self.step is None else self.step
+        if (stage, step) in self._steps:
             return
-        self._steps.add((stage, trainer.global_step))
+        self._steps.add((stage, step))
         zero_shot = samples[0].get("zero_shot_prediction") is not None
         columns = ["id", "input", "prediction", *(["zero_shot_prediction"] if zero_shot else []), "references"]
         data = [
@@ -60,7 +66,7 @@ class SamplesTable(pl.Callback):
             for r in samples[: self.rows]
         ]
         for logger in trainer.loggers:
-            log_samples(logger, f"{stage}/samples", columns, data, trainer.global_step)
+            log_samples(logger, f"{stage}/samples", columns, data, step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -70,7 +76,8 @@ class SamplesTable(pl.Callback):
         self._log(trainer, pl_module, "test")
 
 
-def logger_callbacks(config: LoggerConfig) -> list[pl.Callback]:
-    """Callbacks the loggers need: the samples table, for the loggers that have one."""
+def logger_callbacks(config: LoggerConfig, step: int | None = None) -> list[pl.Callback]:
+    """Callbacks the loggers need: the samples table, for the loggers that have one (``step``:
+    ``SamplesTable``'s, for an evaluation Trainer that did not train)."""
     has_table = config.wandb or config.tensorboard or config.mlflow
-    return [SamplesTable(config.samples_rows)] if has_table and config.samples_rows > 0 else []
+    return [SamplesTable(config.samples_rows, step)] if has_table and config.samples_rows > 0 else []

@@ -124,7 +124,7 @@ def finish_job(r, shared, started: float, packed_jobs: int) -> dict:
             return json.loads((run_dir / "metrics.json").read_text())
         # validate/test only: one device, whatever trainer.devices says (packing_problem allows auto or 1)
         trainer = build_trainer(dataclasses.replace(settings.trainer, devices="1"), logger, run_dir,
-                                callbacks=[*logger_callbacks(settings.logger), LogAtTrainingEnd(r)])
+                                callbacks=[*logger_callbacks(settings.logger, step=r.step), LogAtTrainingEnd(r)])
         val_metrics = trainer.validate(r.module, datamodule=r.datamodule)[0]
         test_metrics = trainer.test(r.module, datamodule=r.datamodule)[0]
         r.module.export(run_dir / "prefix")

@@ -32,7 +32,7 @@ COMMON = [
     "trainer.log_every_n_steps=1", "eval_zero_shot=false",
 ]
 # Different lengths, reparameterizations, methods, learning rates, schedules, seeds, batch sizes
-# and step counts; B's 5 examples in batches of 3 cross an epoch boundary within its 3 steps;
+# and step counts, a real-word initialization; B's 5 examples in batches of 3 cross an epoch boundary within its 3 steps;
 # C's tight clipping is active, so clipping over all jobs' gradients together would show.
 JOBS = {
     "A_prefix_mlp": ["method=prefix", "method.prefix_length=4", "method.mid_dim=32", "optim.lr=1e-2", "seed=1",
@@ -44,6 +44,11 @@ JOBS = {
     # (EMB-k through its MLP: at lr 1e-1 AdamW magnifies the float-order differences to 1e-4 of the prefix)
     "D_embedding": ["method=embedding", "method.prefix_length=3", "optim.lr=1e-2", "seed=4", "task.batch_size=2",
                     "trainer.max_steps=3"],
+    # real-word initialization as experiment=initialization runs it: the phrase's activations, the
+    # prefix as long as its 6 tokens, the MLP fitted to them by MSE before training
+    "E_real_word_init": ["method=prefix", "method.init=text", "method.init_text=table-to-text:",
+                         "method.init_fill=phrase_length", "method.prefix_length=6", "method.mid_dim=16",
+                         "method.init_fit_steps=20", "optim.lr=1e-2", "seed=5", "task.batch_size=4", "trainer.max_steps=2"],
 }
 
 

@@ -26,6 +26,7 @@ def test_joblib_runs_two_jobs_in_parallel_workers_and_a_diverged_one_is_recorded
     assert sorted(jobs) == [0, 1]
     assert jobs[0]["status"] == "failed" and "loss is nan at step 3" in jobs[0]["error"]
     assert_completed(sweeps[0] / "1", jobs[1])
+    assert "sweep summary: 2 jobs, 1 completed, 1 failed" in result.stdout + result.stderr
 
 
 def test_submitit_local_runs_two_jobs_and_a_bad_value_is_recorded(tmp_path):
@@ -38,6 +39,11 @@ def test_submitit_local_runs_two_jobs_and_a_bad_value_is_recorded(tmp_path):
     assert_completed(sweep / "1", jobs[1])
     logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2  # two submitit jobs, each its own process with its own log
+    # the launching process summarizes jobs that ran in other processes, from their folders
+    printed = result.stdout + result.stderr
+    assert "sweep summary: 2 jobs, 1 completed, 1 failed" in printed
+    assert f"job #0 (optim.lr=-1): failed, in {sweep / '0'}" in printed
+    assert "best job by val/rougeL (higher is better): #1 " in printed
 
 
 def test_optuna_study_tells_a_failed_trial_and_keeps_the_best_returned_metric(tmp_path):

@@ -43,6 +43,10 @@ def offline_wandb(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setattr(loggers, "wandb_settings_mode", lambda: None)
+    # W&B's settings, when first built in a process, run `git rev-parse` to find the code's repository
+    # (conftest refuses processes outside `cli` tests): whether they were already built depended on
+    # the tests run before, so a test run alone failed
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
 
 
 @pytest.fixture

@@ -69,3 +69,11 @@ def run_prefixlab_train(args: list[str]) -> None:
 
     sys.argv = ["prefixlab-train", *args]
     train_module.main()
+
+
+def run_prefixlab_eval(args: list[str]) -> None:
+    """`prefixlab-eval <args>` in this process (with whatever the harness patched)."""
+    from prefixlab.cli import evaluate as evaluate_module
+
+    sys.argv = ["prefixlab-eval", *args]
+    evaluate_module.main()

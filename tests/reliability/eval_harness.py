@@ -1,5 +1,6 @@
 """Runs `prefixlab-train` and marks when evaluation generates, so a test can signal the process
-during `generate()`: `python eval_harness.py <validate|test> <marker file> <stubborn: 0|1> <cli args...>`.
+during `generate()`: `python eval_harness.py <validate|test> <marker file> <stubborn: 0|1> <cli args...>`
+(`--eval` as the first cli arg: `prefixlab-eval` with the other args instead).
 
 The chosen stage (after training) generates 6000 new tokens per batch (minutes, even on the
 tiny model), and at the start of its first batch the harness writes the marker file. With stubborn=1 every decoding call ignores stop requests and runs for 120 s (a stand-in for a
@@ -14,7 +15,7 @@ import pytorch_lightning as pl
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ (last: its folders shadow nothing), for harness_common
 
-from harness_common import add_to_run_trainers, run_prefixlab_train  # noqa: E402
+from harness_common import add_to_run_trainers, run_prefixlab_eval, run_prefixlab_train  # noqa: E402
 
 stage, marker, stubborn, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
 
@@ -53,4 +54,7 @@ if stubborn:
         raise AssertionError("nothing stopped the stubborn generate()")
 
     PrefixedCausalLM.generate = generate
-run_prefixlab_train(args)
+if args[:1] == ["--eval"]:
+    run_prefixlab_eval(args[1:])
+else:
+    run_prefixlab_train(args)

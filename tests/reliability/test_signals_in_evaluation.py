@@ -1,6 +1,8 @@
 """SIGTERM / SIGINT during evaluation (issue 19): generation ends at the next decoding step and
 the run stops after that batch with `status: interrupted`; a second signal stops at once.
-Before, SIGTERM during the last validation batch was ignored and the run generated to the end."""
+Before, SIGTERM during the last validation batch was ignored and the run generated to the end.
+`prefixlab-eval` stops the same way; its line says to run the command again (it has no resume), and
+an evaluation sweep a signal stopped ends with its summary."""
 
 import json
 import signal
@@ -79,3 +81,24 @@ def test_a_second_signal_stops_at_once_when_the_first_cannot(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["stopped_at_once"] is True and metrics["step"] == 3
     assert metrics["last_checkpoint_step"] == 3
+
+
+def test_a_signal_to_an_evaluation_sweep_stops_it_and_prints_the_sweeps_summary(tmp_path):
+    sweep, marker = tmp_path / "sweep", tmp_path / "evaluating"
+    keys = ("model", "task.test_size", "task.max_source_tokens", "task.eval_batch_size", "trainer.enable_progress_bar")
+    bare_model = [a for a in RUN_CLI if a.split("=")[0] in keys]  # the bare tiny model, zero-shot
+    proc = start_evaluating("test", marker, ["--eval", "-m", *bare_model, "generation.num_beams=1,2",
+                                             f"hydra.sweep.dir={sweep}"], tmp_path)
+    wait_for(marker, proc)
+    stderr, elapsed = signal_and_time(proc, [signal.SIGTERM])
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    # prefixlab-eval trains nothing and has no resume: no step, no checkpoint, "run it again"
+    assert "prefixlab-eval: interrupted by SIGTERM during test; no predictions written (run the same command again" in stderr
+    assert "resume=auto" not in stderr
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGTERM" and metrics["interrupted_during"] == "test"
+    assert metrics["evaluated"] == {"source": None, "kind": "none", "split": "test"}
+    assert not {"step", "checkpoint", "last_checkpoint_step"} & metrics.keys(), metrics
+    assert not (sweep / "0" / "predictions.jsonl").exists() and not (sweep / "1").exists()
+    assert "sweep summary: 1 jobs, 1 interrupted" in stderr and f"report: prefixlab-report {sweep}" in stderr

@@ -154,16 +154,22 @@ def composition_error_line(error: BaseException) -> str | None:
 
 
 def run_hydra(app: str, hydra_main: Callable[[], Any]) -> None:
-    """``hydra_main()`` with Hydra's composition errors as one line (``<app>: error: ...``, exit code 1).
+    """``hydra_main()`` with Hydra's composition errors as one line (``<app>: error: ...``, exit code 1),
+    and a sweep's summary when a signal stopped it.
 
     Hydra prints such errors itself (and a hint about HYDRA_FULL_ERROR) and exits, unless
     HYDRA_FULL_ERROR is set; it is set here for the call so that the error reaches this function.
     Any other exception keeps its full traceback: that is a bug, not a wrong input.
     """
+    from prefixlab.cli.sweep_callback import print_summary_if_cut_short
+
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
+    except SystemExit as stop:  # a sweep stopped by a signal still ends with its summary (Hydra's callback never sees it)
+        print_summary_if_cut_short(stop.code)
+        raise
     except Exception as error:
         # an OmegaConf error raised by the job itself (train's code) is a bug to show in full, not a config typo
         line = None if _raised_in_a_job(error) else composition_error_line(error)

@@ -44,9 +44,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     from prefixlab.run.runs import build_logger, build_trainer, check_writable, finish_logger, write_results
     from prefixlab.training.encoder_module import is_encoder_model
     from prefixlab.training.evaluation import (adopt_recorded_model, build_encoder_module, build_lm_module,
-                                               check_model_matches, metrics_record)
+                                               check_model_matches, evaluated_record, metrics_record)
     from prefixlab.training.model_loading import load_config
-    from prefixlab.training.reliability import record_failure
+    from prefixlab.training.reliability import EvaluationInterrupted, StopOnSignal, record_failure
     from prefixlab.training.resume import ResumableDataModule
 
     check_writable(run_dir)
@@ -67,9 +67,19 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         module = build_lm_module(source, resolved, settings.task.name, settings.eval_zero_shot)
     counts = module.parameter_counts()
     logger = build_logger(settings.logger, run_dir, f"eval-{settings.task.name}-{source.kind}", resolved)
+    summary = {"evaluated": evaluated_record(source, settings.eval.split), **counts}
+
+    def record(error: BaseException) -> BaseException:
+        return record_failure(error, run_dir, module, trainer, None, summary, started, evaluation_only=True)
+
+    # SIGINT / SIGTERM end generate() at the next decoding step and the run after that batch, as in
+    # training's evaluation; a second signal stops at once. No checkpoint: the command is run again.
+    stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", on_forced_stop=record, app="prefixlab-eval",
+                        interrupted=EvaluationInterrupted)
     trainer = None
+    stop.listen()
     try:
-        trainer = build_trainer(settings.trainer, logger, run_dir)
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop])
         split, stage = settings.eval.split, None
         if split == "validation":
             stage_metrics, stage = trainer.validate(module, datamodule=datamodule)[0], "val"
@@ -78,8 +88,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = metrics_record(source, split, stage_metrics, counts, started)
         write_results(run_dir, metrics, module.last_predictions.get(stage))
     except BaseException as error:
-        raise record_failure(error, run_dir, module, trainer, None, {"evaluated": str(source.path)}, started)
+        raise record(error)
     finally:
+        stop.stop_listening()
         finish_logger(logger, run_dir / "metrics.json")
     print(f"results: {run_dir} (metrics.json, predictions.jsonl)")
     return metrics

@@ -273,14 +273,8 @@ def main() -> None:
         except OutputDirError as error:
             held.close()
             sys.exit(f"prefixlab-train: error: {error}")
-    from prefixlab.cli.sweep_callback import print_summary_if_cut_short
-
     with held:
-        try:
-            run_hydra("prefixlab-train", hydra_main)
-        except SystemExit as stop:  # a sweep stopped by a signal still ends with its summary
-            print_summary_if_cut_short(stop.code)
-            raise
+        run_hydra("prefixlab-train", hydra_main)
 
 
 if __name__ == "__main__":

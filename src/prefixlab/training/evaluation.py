@@ -203,13 +203,18 @@ def build_encoder_module(source: Source, settings, resolved: dict):
     return datamodule, module
 
 
+def evaluated_record(source: Source, split: str) -> dict:
+    """What ``prefixlab-eval`` evaluated, as its metrics.json says (completed or not)."""
+    return {"source": str(source.path) if source.path else None, "kind": source.kind, "split": split,
+            **({"checkpoint_step": source.global_step} if source.global_step is not None else {})}
+
+
 def metrics_record(source: Source, split: str, stage_metrics: dict[str, Any], counts: dict, started: float) -> dict:
     import time
 
     return {
         "status": "completed",
-        "evaluated": {"source": str(source.path) if source.path else None, "kind": source.kind, "split": split,
-                      **({"checkpoint_step": source.global_step} if source.global_step is not None else {})},
+        "evaluated": evaluated_record(source, split),
         **counts,
         **{k: float(v) for k, v in stage_metrics.items()},
         "runtime_s": round(time.time() - started, 1),

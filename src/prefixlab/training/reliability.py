@@ -50,6 +50,18 @@ class RunInterrupted(Exception):
                          "(continue with resume=auto and the same hydra.run.dir)")
 
 
+class EvaluationInterrupted(RunInterrupted):
+    """``prefixlab-eval`` stopped on a signal. It has no checkpoint and no ``resume``: the same
+    command evaluates again from the start."""
+
+    def __init__(self, signum: int, step: int = 0, checkpoint: Path | None = None, during: str = "evaluation",
+                 at_once: bool = False) -> None:
+        Exception.__init__(self, f"interrupted by {signal.Signals(signum).name} during {during}; "
+                                 f"{'stopped at once on a second signal; ' if at_once else ''}no predictions written "
+                                 "(run the same command again to evaluate)")
+        self.signum, self.step, self.checkpoint, self.during, self.at_once = signum, 0, None, during, at_once
+
+
 class RunFailed(RuntimeError):
     """Training failed for a reason the user can act on (a non-finite loss, out of memory, a full disk); one line."""
 
@@ -83,9 +95,13 @@ class StopOnSignal(pl.Callback):
     # cost the step's checkpoint.
     REPEAT_WINDOW_S = 1.0
 
-    def __init__(self, checkpoint_path: Path, on_forced_stop: Callable[[RunInterrupted], object] | None = None) -> None:
+    def __init__(self, checkpoint_path: Path, on_forced_stop: Callable[[RunInterrupted], object] | None = None,
+                 app: str = "prefixlab-train", interrupted: type[RunInterrupted] = RunInterrupted) -> None:
+        """app: the command named on a forced stop's line; interrupted: what a stop raises
+        (``prefixlab-eval``: ``EvaluationInterrupted``, which has nothing to resume)."""
         self.checkpoint_path = Path(checkpoint_path)
         self.on_forced_stop = on_forced_stop
+        self.app, self.interrupted = app, interrupted
         self.received: int | None = None
         self._received_at = 0.0
         self.criterion = _StopRequested(self)
@@ -113,13 +129,13 @@ class StopOnSignal(pl.Callback):
         self._put_back(self._outer)
         trainer = self._trainer
         checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
-        error = RunInterrupted(signum, trainer.global_step if trainer is not None else 0, checkpoint,
-                               _stage(trainer), at_once=True)
+        error = self.interrupted(signum, trainer.global_step if trainer is not None else 0, checkpoint,
+                                 _stage(trainer), at_once=True)
         try:
             if self.on_forced_stop is not None:
                 self.on_forced_stop(error)
         finally:  # whatever recording did: this signal means "now"
-            print(f"prefixlab-train: {error}", file=sys.stderr, flush=True)
+            print(f"{self.app}: {error}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(128 + signum)
 
@@ -215,7 +231,7 @@ class StopOnSignal(pl.Callback):
         if trainer.state.fn == TrainerFn.FITTING:  # validation within fit: training is at a step boundary
             self.stop(trainer)
         checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
-        raise RunInterrupted(self.received, trainer.global_step, checkpoint, _stage(trainer))
+        raise self.interrupted(self.received, trainer.global_step, checkpoint, _stage(trainer))
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._stop_evaluating(trainer)
@@ -309,17 +325,19 @@ def _resource_failure(error: BaseException, step: int, stage: str) -> str | None
 
 
 def record_failure(error: BaseException, run_dir: Path, module, trainer, last_good: LastGoodState | None,
-                   summary: dict, started: float) -> BaseException:
+                   summary: dict, started: float, evaluation_only: bool = False) -> BaseException:
     """Write what happened to ``metrics.json``; for a non-finite loss also export the last good
-    prefix. Returns the exception the entry point should raise."""
+    prefix. Returns the exception the entry point should raise. evaluation_only (``prefixlab-eval``):
+    no step or checkpoint is recorded (it trains none), and a signal is an ``EvaluationInterrupted``."""
     from prefixlab.training.resume import LAST_CHECKPOINT
 
     run_dir = Path(run_dir)
     step = trainer.global_step if trainer is not None else 0
     checkpoint = run_dir / LAST_CHECKPOINT
     saved_step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
-    metrics = {**summary, "step": step, "checkpoint": str(checkpoint) if saved_step is not None else None,
-               "last_checkpoint_step": saved_step}
+    metrics = {**summary} if evaluation_only else {
+        **summary, "step": step, "checkpoint": str(checkpoint) if saved_step is not None else None,
+        "last_checkpoint_step": saved_step}
     kept = f"checkpoint {checkpoint} (step {saved_step}) kept" if saved_step is not None else "no checkpoint was written yet"
     result: BaseException = error
     if isinstance(error, RunInterrupted):
@@ -330,7 +348,8 @@ def record_failure(error: BaseException, run_dir: Path, module, trainer, last_go
         # without exit code, which would exit 0) or turns Ctrl-C into sys.exit(1)
         signum = signal.SIGTERM if type(error).__name__ == "SIGTERMException" else signal.SIGINT
         metrics.update(status="interrupted", signal=signal.Signals(signum).name)
-        result = RunInterrupted(signum, step, checkpoint if saved_step is not None else None, _stage(trainer))
+        result = (EvaluationInterrupted if evaluation_only else RunInterrupted)(
+            signum, step, checkpoint if saved_step is not None else None, _stage(trainer))
     else:
         metrics.update(status="failed", error=f"{type(error).__name__}: {error}")
         resource = _resource_failure(error, step, _stage(trainer))

@@ -149,6 +149,26 @@ def test_csv_tensorboard_and_mlflow_at_once_get_the_config_the_same_per_step_met
 
 
 @pytest.mark.cli  # W&B runs its own service process (wandb-core), even offline
+def test_prefixlab_eval_logs_the_samples_table_of_its_split(tmp_path):
+    """prefixlab-eval's loggers get the split's samples table, as a training run's do (they got
+    only the metrics)."""
+    from prefixlab.cli.evaluate import CONFIG_DIR as EVAL_CONFIG_DIR, evaluate
+
+    keys = ("model", "task.val_size", "task.test_size", "task.max_source_tokens", "task.eval_batch_size",
+            "generation.max_new_tokens", "trainer.enable_progress_bar")
+    with initialize_config_dir(config_dir=EVAL_CONFIG_DIR, version_base="1.3"):  # the bare tiny model, zero-shot
+        cfg = compose(config_name="eval", overrides=[*[a for a in TINY_CLI if a.split("=")[0] in keys],
+                                                     "logger=[csv,tensorboard]", "logger.samples_rows=3"])
+    run_dir = tmp_path / "eval"
+    assert evaluate(cfg, run_dir)["status"] == "completed"
+    events = tensorboard_events(run_dir)
+    (test_text,) = events.Tensors("test/samples/text_summary")
+    table = test_text.tensor_proto.string_val[0].decode().splitlines()
+    assert table[0] == "| id | input | prediction | references |" and len(table) == 2 + 3
+    assert table[2] == "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", "<br>") for v in sample_rows(run_dir)[0]) + " |"
+    assert "val/samples/text_summary" not in events.Tags()["tensors"]  # the test split only was evaluated
+
+
 def test_wandb_beside_the_others_gets_the_same_metrics_the_config_and_the_samples(tmp_path, offline_wandb, quiet_mlflow):
     run_dir = tmp_path / "run"
     metrics = train(compose_run("logger=[csv,tensorboard,mlflow,wandb]"), run_dir)

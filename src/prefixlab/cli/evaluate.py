@@ -41,7 +41,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     source = describe_source(settings.eval.source)  # small files only: a bad source fails before any weights load
     import pytorch_lightning as pl
 
-    from prefixlab.run.runs import build_logger, build_trainer, check_writable, finish_logger, write_results
+    from prefixlab.run.runs import build_logger, build_trainer, check_writable, finish_logger, logger_callbacks, write_results
     from prefixlab.training.encoder_module import is_encoder_model
     from prefixlab.training.evaluation import (adopt_recorded_model, build_encoder_module, build_lm_module,
                                                check_model_matches, evaluated_record, metrics_record)
@@ -79,7 +79,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = None
     stop.listen()
     try:
-        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop])
+        # the loggers' samples table of the split, as a training run logs it (logger.samples_rows)
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, *logger_callbacks(settings.logger)])
         split, stage = settings.eval.split, None
         if split == "validation":
             stage_metrics, stage = trainer.validate(module, datamodule=datamodule)[0], "val"

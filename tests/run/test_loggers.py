@@ -148,7 +148,6 @@ def test_csv_tensorboard_and_mlflow_at_once_get_the_config_the_same_per_step_met
     assert (run_dir / "mlflow" / "artifacts").is_dir()  # beside the store, not ./mlruns of the working folder
 
 
-@pytest.mark.cli  # W&B runs its own service process (wandb-core), even offline
 def test_prefixlab_eval_logs_the_samples_table_of_its_split(tmp_path):
     """prefixlab-eval's loggers get the split's samples table, as a training run's do (they got
     only the metrics)."""
@@ -169,6 +168,7 @@ def test_prefixlab_eval_logs_the_samples_table_of_its_split(tmp_path):
     assert "val/samples/text_summary" not in events.Tags()["tensors"]  # the test split only was evaluated
 
 
+@pytest.mark.cli  # W&B runs its own service process (wandb-core), even offline
 def test_wandb_beside_the_others_gets_the_same_metrics_the_config_and_the_samples(tmp_path, offline_wandb, quiet_mlflow):
     run_dir = tmp_path / "run"
     metrics = train(compose_run("logger=[csv,tensorboard,mlflow,wandb]"), run_dir)

@@ -6,18 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from pipeline.helpers import TINY_CLI
+from pipeline.helpers import EVAL_CLI, TINY_CLI
 
 pytestmark = pytest.mark.cli  # the real CLIs in subprocesses: `make test-fast` skips these
 
-# the evaluation settings of TINY_CLI (what generation and scoring see), without the training ones
-EVAL_CLI = [a for a in TINY_CLI if a.split("=")[0] in (
-    "model", "task.val_size", "task.test_size", "task.max_source_tokens", "task.eval_batch_size",
-    "task.train_size", "generation.max_new_tokens", "trainer.enable_progress_bar")]
 
 
 def run(module, args, cwd, timeout=300):

@@ -36,6 +36,11 @@ TINY_CLI = [
     "trainer.enable_progress_bar=false",
 ]
 
+# the evaluation settings of TINY_CLI (what prefixlab-eval's generation and scoring see), without the training ones
+EVAL_CLI = [a for a in TINY_CLI if a.split("=")[0] in (
+    "model", "task.val_size", "task.test_size", "task.max_source_tokens", "task.eval_batch_size",
+    "task.train_size", "generation.max_new_tokens", "trainer.enable_progress_bar")]
+
 
 def load_tiny_lm():
     from prefixlab.training.model_loading import load_lm

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.helpers import EVAL_CLI
+
 from .conftest import RUN_CLI, cli_env, one_error_line, run_cli, wait_for
 
 pytestmark = pytest.mark.cli  # the real CLI in subprocesses: `make test-fast` skips these
@@ -83,14 +85,9 @@ def test_a_second_signal_stops_at_once_when_the_first_cannot(tmp_path):
     assert metrics["last_checkpoint_step"] == 3
 
 
-# prefixlab-eval of the bare tiny model, zero-shot
-BARE_MODEL_EVAL = [a for a in RUN_CLI if a.split("=")[0] in (
-    "model", "task.test_size", "task.max_source_tokens", "task.eval_batch_size", "trainer.enable_progress_bar")]
-
-
 def test_a_second_signal_stops_prefixlab_eval_at_once(tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "evaluating"
-    proc = start_evaluating("test", marker, ["--eval", *BARE_MODEL_EVAL, f"hydra.run.dir={run_dir}"], tmp_path, stubborn=True)
+    proc = start_evaluating("test", marker, ["--eval", *EVAL_CLI, f"hydra.run.dir={run_dir}"], tmp_path, stubborn=True)
     wait_for(marker, proc)
     stderr, elapsed = signal_and_time(proc, [signal.SIGTERM, signal.SIGTERM])
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
@@ -103,8 +100,7 @@ def test_a_second_signal_stops_prefixlab_eval_at_once(tmp_path):
 
 def test_a_signal_to_an_evaluation_sweep_stops_it_and_prints_the_sweeps_summary(tmp_path):
     sweep, marker = tmp_path / "sweep", tmp_path / "evaluating"
-    bare_model = BARE_MODEL_EVAL
-    proc = start_evaluating("test", marker, ["--eval", "-m", *bare_model, "generation.num_beams=1,2",
+    proc = start_evaluating("test", marker, ["--eval", "-m", *EVAL_CLI, "generation.num_beams=1,2",
                                              f"hydra.sweep.dir={sweep}"], tmp_path)
     wait_for(marker, proc)
     stderr, elapsed = signal_and_time(proc, [signal.SIGTERM])

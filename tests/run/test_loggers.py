@@ -19,7 +19,7 @@ from prefixlab.run import loggers
 from prefixlab.run.loggers import LoggerSetupError, check_loggers, decide_wandb_mode
 from prefixlab.sweeps.jobs import read_wandb_run, wandb_records
 
-from pipeline.helpers import TINY_CLI
+from pipeline.helpers import EVAL_CLI, TINY_CLI
 
 # MLflow probes the system with processes (`uname -p`, `git version`) when first imported: here, at
 # collection, not inside a test (conftest refuses processes in tests that are not `cli`)
@@ -153,11 +153,8 @@ def test_prefixlab_eval_logs_the_samples_table_of_its_split(tmp_path):
     only the metrics)."""
     from prefixlab.cli.evaluate import CONFIG_DIR as EVAL_CONFIG_DIR, evaluate
 
-    keys = ("model", "task.val_size", "task.test_size", "task.max_source_tokens", "task.eval_batch_size",
-            "generation.max_new_tokens", "trainer.enable_progress_bar")
     with initialize_config_dir(config_dir=EVAL_CONFIG_DIR, version_base="1.3"):  # the bare tiny model, zero-shot
-        cfg = compose(config_name="eval", overrides=[*[a for a in TINY_CLI if a.split("=")[0] in keys],
-                                                     "logger=[csv,tensorboard]", "logger.samples_rows=3"])
+        cfg = compose(config_name="eval", overrides=[*EVAL_CLI, "logger=[csv,tensorboard]", "logger.samples_rows=3"])
     run_dir = tmp_path / "eval"
     assert evaluate(cfg, run_dir)["status"] == "completed"
     events = tensorboard_events(run_dir)

@@ -74,8 +74,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
     # SIGINT / SIGTERM end generate() at the next decoding step and the run after that batch, as in
     # training's evaluation; a second signal stops at once. No checkpoint: the command is run again.
-    stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", on_forced_stop=record, app="prefixlab-eval",
-                        interrupted=EvaluationInterrupted)
+    stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", on_forced_stop=record, interrupted=EvaluationInterrupted)
     trainer = None
     stop.listen()
     try:

@@ -40,6 +40,8 @@ from prefixlab.run.runs import write_results
 class RunInterrupted(Exception):
     """The run stopped on a signal (after writing a checkpoint, if it came during training)."""
 
+    APP = "prefixlab-train"  # the command a forced stop's line names
+
     def __init__(self, signum: int, step: int, checkpoint: Path | None, during: str = "training",
                  at_once: bool = False) -> None:
         self.signum, self.step, self.checkpoint, self.during, self.at_once = signum, step, checkpoint, during, at_once
@@ -53,6 +55,8 @@ class RunInterrupted(Exception):
 class EvaluationInterrupted(RunInterrupted):
     """``prefixlab-eval`` stopped on a signal. It has no checkpoint and no ``resume``: the same
     command evaluates again from the start."""
+
+    APP = "prefixlab-eval"
 
     def __init__(self, signum: int, step: int = 0, checkpoint: Path | None = None, during: str = "evaluation",
                  at_once: bool = False) -> None:
@@ -96,12 +100,12 @@ class StopOnSignal(pl.Callback):
     REPEAT_WINDOW_S = 1.0
 
     def __init__(self, checkpoint_path: Path, on_forced_stop: Callable[[RunInterrupted], object] | None = None,
-                 app: str = "prefixlab-train", interrupted: type[RunInterrupted] = RunInterrupted) -> None:
-        """app: the command named on a forced stop's line; interrupted: what a stop raises
-        (``prefixlab-eval``: ``EvaluationInterrupted``, which has nothing to resume)."""
+                 interrupted: type[RunInterrupted] = RunInterrupted) -> None:
+        """interrupted: what a stop raises (``prefixlab-eval``: ``EvaluationInterrupted``, which has
+        nothing to resume); its ``APP`` is the command a forced stop's line names."""
         self.checkpoint_path = Path(checkpoint_path)
         self.on_forced_stop = on_forced_stop
-        self.app, self.interrupted = app, interrupted
+        self.interrupted = interrupted
         self.received: int | None = None
         self._received_at = 0.0
         self.criterion = _StopRequested(self)
@@ -135,7 +139,7 @@ class StopOnSignal(pl.Callback):
             if self.on_forced_stop is not None:
                 self.on_forced_stop(error)
         finally:  # whatever recording did: this signal means "now"
-            print(f"{self.app}: {error}", file=sys.stderr, flush=True)
+            print(f"{error.APP}: {error}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(128 + signum)
 

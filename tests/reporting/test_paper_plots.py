@@ -75,6 +75,29 @@ def test_prefix_length_ticks_are_integers_and_never_offset(tmp_path, figures):
     assert ax.yaxis.get_offset_text().get_text() == "" and ax.xaxis.get_offset_text().get_text() == ""
 
 
+def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, figures):
+    """low_data's sizes are a group option (``experiment/low_data/size='50'``) that sets
+    ``task.train_size`` and the steps; the curve against the size is one line per method, the
+    subsets averaged. Before, the option counted as another override: each point its own series,
+    and the plot was skipped."""
+    root, n = tmp_path / "low_data", 0
+    for method, shift in (("prefix", 0.02), ("finetune", 0.0)):
+        for size in (50, 100, 200):
+            for subset in (0, 1):
+                config = {**job_config(method, 10, train_size=size), "task": {
+                    **job_config(method, 10)["task"], "train_size": size, "subset_seed": subset}}
+                make_job(root, n, [f"method={method}", f"experiment/low_data/size='{size}'", f"task.subset_seed={subset}"],
+                         {"method": method, "experiment/low_data/size": str(size)}, config,
+                         completed(0.3 + shift + 0.0001 * size + 0.01 * subset, 1.0, 10))
+                n += 1
+    jobs = find_jobs([root])
+    spread = plots.series_spread(jobs, "task.train_size", "test/rougeL")
+    assert sorted(spread) == ["method=finetune", "method=prefix"]
+    assert [(x, runs) for x, _, _, runs in spread["method=prefix"]] == [(50, 2), (100, 2), (200, 2)]
+    assert plots.metric_vs_setting(jobs, "task.train_size", "test/rougeL", tmp_path / "size.png") is None
+    assert len([c for c in figures["size.png"].axes[0].containers if c.has_yerr]) == 2
+
+
 def test_log_axes_tick_the_swept_values(tmp_path, figures):
     root = tmp_path / "lr"
     for n, lr in enumerate((1e-5, 5e-5, 1e-4, 5e-4)):

@@ -97,12 +97,22 @@ def _legend(ax, outside: bool = False) -> None:
         ax.legend(list(unique.values()), wrapped, fontsize="small")
 
 
+def _names_the_same(jobs: list[Job], other: str, key: str) -> bool:
+    """Whether the override ``other`` is ``key`` under another name over the completed jobs: each of
+    its values goes with one value of ``key`` and each value of ``key`` with one of its (a config
+    group option that sets it: ``experiment/low_data/size='50'`` sets ``task.train_size`` 50 and the
+    steps). Such an override is the x axis itself, not a series: kept, it would give each point a
+    line of its own."""
+    pairs = {(as_text(job.setting(other)), as_text(job.setting(key))) for job in jobs if job.status == "completed"}
+    return len(pairs) > 1 and len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
 def series_spread(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:
     """Points (x, mean, sample sd or None, runs) of ``metric`` against ``key`` over the completed
     jobs, one series per combination of the other varying overrides (``method=prefix``), each sorted
     by x. Repeats (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values
     at one x are averaged, as the paper's low-data figure does, and their spread is the error bar."""
-    others = [k for k in varying_overrides(jobs) if k != key and k not in REPEAT_KEYS]
+    others = [k for k in varying_overrides(jobs) if k != key and k not in REPEAT_KEYS and not _names_the_same(jobs, k, key)]
     values: dict[str, dict[float, list[float]]] = {}
     for job in jobs:
         x, y = as_number(job.setting(key)), as_number((job.metrics or {}).get(metric))

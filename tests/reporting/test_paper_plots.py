@@ -81,10 +81,10 @@ def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, 
     subsets averaged. Before, the option counted as another override: each point its own series,
     and the plot was skipped."""
     root, n = tmp_path / "low_data", 0
-    for method, shift in (("prefix", 0.02), ("finetune", 0.0)):
+    for method, shift, lr in (("prefix", 0.02, 5e-4), ("finetune", 0.0, 5e-5)):
         for size in (50, 100, 200):
             for subset in (0, 1):
-                config = {**job_config(method, 10, train_size=size), "task": {
+                config = {**job_config(method, 10, train_size=size, lr=lr), "task": {
                     **job_config(method, 10)["task"], "train_size": size, "subset_seed": subset}}
                 make_job(root, n, [f"method={method}", f"experiment/low_data/size='{size}'", f"task.subset_seed={subset}"],
                          {"method": method, "experiment/low_data/size": str(size)}, config,
@@ -96,6 +96,8 @@ def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, 
     assert [(x, runs) for x, _, _, runs in spread["method=prefix"]] == [(50, 2), (100, 2), (200, 2)]
     assert plots.metric_vs_setting(jobs, "task.train_size", "test/rougeL", tmp_path / "size.png") is None
     assert len([c for c in figures["size.png"].axes[0].containers if c.has_yerr]) == 2
+    # each method its own learning rate: the rate varies with the method, so no curve against it
+    assert "does not take two values" in plots.metric_vs_setting(jobs, "optim.lr", "test/rougeL", tmp_path / "lr.png")
 
 
 def test_log_axes_tick_the_swept_values(tmp_path, figures):

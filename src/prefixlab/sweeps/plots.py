@@ -98,13 +98,14 @@ def _legend(ax, outside: bool = False) -> None:
 
 
 def _names_the_same(jobs: list[Job], other: str, key: str) -> bool:
-    """Whether the override ``other`` is ``key`` under another name over the completed jobs: each of
-    its values goes with one value of ``key`` and each value of ``key`` with one of its (a config
-    group option that sets it: ``experiment/low_data/size='50'`` sets ``task.train_size`` 50 and the
-    steps). Such an override is the x axis itself, not a series: kept, it would give each point a
-    line of its own."""
-    pairs = {(as_text(job.setting(other)), as_text(job.setting(key))) for job in jobs if job.status == "completed"}
-    return len(pairs) > 1 and len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    """Whether the override ``other`` is ``key`` under another name: in every completed job its value
+    is ``key``'s value (a config group option named for the value it sets:
+    ``experiment/low_data/size='50'`` sets ``task.train_size`` 50, and the steps). Such an override
+    is the x axis itself, not a series: kept, it gives each point a line of its own. An override
+    that merely varies with ``key`` (each method its own learning rate) stays a series."""
+    completed = [job for job in jobs if job.status == "completed"]
+    return bool(completed) and all(
+        as_text(job.setting(other)).strip("'\"") == as_text(job.setting(key)) for job in completed)
 
 
 def series_spread(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:

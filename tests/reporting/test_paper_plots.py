@@ -86,16 +86,26 @@ def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, 
             for subset in (0, 1):
                 config = {**job_config(method, 10, train_size=size, lr=lr), "task": {
                     **job_config(method, 10)["task"], "train_size": size, "subset_seed": subset}}
-                make_job(root, n, [f"method={method}", f"experiment/low_data/size='{size}'", f"task.subset_seed={subset}"],
+                launcher = ["launcher=packed"] if method == "prefix" else []  # as low_data runs them
+                make_job(root, n, [f"method={method}", f"experiment/low_data/size='{size}'", f"task.subset_seed={subset}",
+                                   *launcher],
                          {"method": method, "experiment/low_data/size": str(size)}, config,
                          completed(0.3 + shift + 0.0001 * size + 0.01 * subset, 1.0, 10))
                 n += 1
     jobs = find_jobs([root])
     spread = plots.series_spread(jobs, "task.train_size", "test/rougeL")
-    assert sorted(spread) == ["method=finetune", "method=prefix"]
+    assert sorted(spread) == ["method=finetune", "method=prefix"], "the launcher follows from the method: not named"
     assert [(x, runs) for x, _, _, runs in spread["method=prefix"]] == [(50, 2), (100, 2), (200, 2)]
     assert plots.metric_vs_setting(jobs, "task.train_size", "test/rougeL", tmp_path / "size.png") is None
     assert len([c for c in figures["size.png"].axes[0].containers if c.has_yerr]) == 2
+    # a launcher that does not follow from the method sets series apart, and is named
+    make_job(root, n, ["method=finetune", "experiment/low_data/size='50'", "task.subset_seed=0", "launcher=joblib"],
+             {"method": "finetune", "experiment/low_data/size": "50"},
+             {**job_config("finetune", 10, lr=5e-5), "task": {**job_config("finetune", 10)["task"], "train_size": 50}},
+             completed(0.3, 1.0, 10))
+    names = sorted(plots.series_spread(find_jobs([root]), "task.train_size", "test/rougeL"))
+    assert len(names) == 3 and all(name.startswith("method=") for name in names), names
+    assert "method=finetune, launcher=joblib" in names and "method=prefix, launcher=packed" in names
     # each method its own learning rate: the rate varies with the method, so no curve against it
     assert "does not take two values" in plots.metric_vs_setting(jobs, "optim.lr", "test/rougeL", tmp_path / "lr.png")
 

@@ -108,12 +108,29 @@ def _names_the_same(jobs: list[Job], other: str, key: str) -> bool:
         as_text(job.setting(other)).strip("'\"") == as_text(job.setting(key)) for job in completed)
 
 
+def _series_keys(jobs: list[Job], keys: list[str]) -> list[str]:
+    """The keys that set the series apart, in order: a key whose value follows from the keys kept
+    before it adds nothing to a label (``launcher=packed`` after ``method=prefix`` where every
+    prefix job was packed and no fine-tuning job was) and is left out."""
+    completed = [job for job in jobs if job.status == "completed"]
+
+    def series_count(names: list[str]) -> int:
+        return len({tuple(as_text(job.setting(k)) for k in names) for job in completed})
+
+    kept: list[str] = []
+    for k in keys:
+        if not kept or series_count([*kept, k]) > series_count(kept):
+            kept.append(k)
+    return kept
+
+
 def series_spread(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:
     """Points (x, mean, sample sd or None, runs) of ``metric`` against ``key`` over the completed
     jobs, one series per combination of the other varying overrides (``method=prefix``), each sorted
     by x. Repeats (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values
     at one x are averaged, as the paper's low-data figure does, and their spread is the error bar."""
-    others = [k for k in varying_overrides(jobs) if k != key and k not in REPEAT_KEYS and not _names_the_same(jobs, k, key)]
+    others = _series_keys(jobs, [k for k in varying_overrides(jobs)
+                                 if k != key and k not in REPEAT_KEYS and not _names_the_same(jobs, k, key)])
     values: dict[str, dict[float, list[float]]] = {}
     for job in jobs:
         x, y = as_number(job.setting(key)), as_number((job.metrics or {}).get(metric))

@@ -84,8 +84,8 @@ def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, 
     for method, shift, lr in (("prefix", 0.02, 5e-4), ("finetune", 0.0, 5e-5)):
         for size in (50, 100, 200):
             for subset in (0, 1):
-                config = {**job_config(method, 10, train_size=size, lr=lr), "task": {
-                    **job_config(method, 10)["task"], "train_size": size, "subset_seed": subset}}
+                config = job_config(method, 10, train_size=size, lr=lr)
+                config["task"]["subset_seed"] = subset
                 launcher = ["launcher=packed"] if method == "prefix" else []  # as low_data runs them
                 make_job(root, n, [f"method={method}", f"experiment/low_data/size='{size}'", f"task.subset_seed={subset}",
                                    *launcher],
@@ -101,7 +101,7 @@ def test_a_size_set_through_a_group_option_is_the_x_axis_not_a_series(tmp_path, 
     # a launcher that does not follow from the method sets series apart, and is named
     make_job(root, n, ["method=finetune", "experiment/low_data/size='50'", "task.subset_seed=0", "launcher=joblib"],
              {"method": "finetune", "experiment/low_data/size": "50"},
-             {**job_config("finetune", 10, lr=5e-5), "task": {**job_config("finetune", 10)["task"], "train_size": 50}},
+             job_config("finetune", 10, train_size=50, lr=5e-5),
              completed(0.3, 1.0, 10))
     names = sorted(plots.series_spread(find_jobs([root]), "task.train_size", "test/rougeL"))
     assert len(names) == 3 and all(name.startswith("method=") for name in names), names

@@ -126,8 +126,8 @@ def _series_keys(jobs: list[Job], keys: list[str]) -> list[str]:
 
 def series_spread(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:
     """Points (x, mean, sample sd or None, runs) of ``metric`` against ``key`` over the completed
-    jobs, one series per combination of the other varying overrides (``method=prefix``), each sorted
-    by x. Repeats (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values
+    jobs, one series per combination of the other varying overrides that set series apart
+    (``method=prefix``; ``_series_keys``), each sorted by x. Repeats (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values
     at one x are averaged, as the paper's low-data figure does, and their spread is the error bar."""
     others = _series_keys(jobs, [k for k in varying_overrides(jobs)
                                  if k != key and k not in REPEAT_KEYS and not _names_the_same(jobs, k, key)])

@@ -87,6 +87,11 @@ def csv_steps(run_dir: Path, key: str) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(handle) if r.get(key)]
 
 
+def markdown_row(values) -> str:
+    """One row of a samples table as TensorBoard's text shows it: pipes escaped, newlines as <br>."""
+    return "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", "<br>") for v in values) + " |"
+
+
 def sample_rows(run_dir: Path, rows: int = 3) -> list[list[str]]:
     """The test samples table as the loggers get it: the first rows of predictions.jsonl."""
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -127,7 +132,7 @@ def test_csv_tensorboard_and_mlflow_at_once_get_the_config_the_same_per_step_met
     (test_text,) = events.Tensors("test/samples/text_summary")
     table = test_text.tensor_proto.string_val[0].decode().splitlines()
     assert table[0] == "| id | input | prediction | references |" and len(table) == 2 + 3
-    assert table[2] == "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", "<br>") for v in test_rows[0]) + " |"
+    assert table[2] == markdown_row(test_rows[0])
     assert [t.step for t in events.Tensors("val/samples/text_summary")] == [2, 3]
 
     # MLflow: one run in the run folder's SQLite store, finished, with params, metrics and tables
@@ -161,7 +166,7 @@ def test_prefixlab_eval_logs_the_samples_table_of_its_split(tmp_path):
     (test_text,) = events.Tensors("test/samples/text_summary")
     table = test_text.tensor_proto.string_val[0].decode().splitlines()
     assert table[0] == "| id | input | prediction | references |" and len(table) == 2 + 3
-    assert table[2] == "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", "<br>") for v in sample_rows(run_dir)[0]) + " |"
+    assert table[2] == markdown_row(sample_rows(run_dir)[0])
     assert "val/samples/text_summary" not in events.Tags()["tensors"]  # the test split only was evaluated
 
 

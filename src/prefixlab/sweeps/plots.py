@@ -97,23 +97,20 @@ def _legend(ax, outside: bool = False) -> None:
         ax.legend(list(unique.values()), wrapped, fontsize="small")
 
 
-def _names_the_same(jobs: list[Job], other: str, key: str) -> bool:
+def _names_the_same(completed: list[Job], other: str, key: str) -> bool:
     """Whether the override ``other`` is ``key`` under another name: in every completed job its value
     is ``key``'s value (a config group option named for the value it sets:
     ``experiment/low_data/size='50'`` sets ``task.train_size`` 50, and the steps). Such an override
     is the x axis itself, not a series: kept, it gives each point a line of its own. An override
     that merely varies with ``key`` (each method its own learning rate) stays a series."""
-    completed = [job for job in jobs if job.status == "completed"]
     return bool(completed) and all(
         as_text(job.setting(other)).strip("'\"") == as_text(job.setting(key)) for job in completed)
 
 
-def _series_keys(jobs: list[Job], keys: list[str]) -> list[str]:
+def _series_keys(completed: list[Job], keys: list[str]) -> list[str]:
     """The keys that set the series apart, in order: a key whose value follows from the keys kept
     before it adds nothing to a label (``launcher=packed`` after ``method=prefix`` where every
     prefix job was packed and no fine-tuning job was) and is left out."""
-    completed = [job for job in jobs if job.status == "completed"]
-
     def series_count(names: list[str]) -> int:
         return len({tuple(as_text(job.setting(k)) for k in names) for job in completed})
 
@@ -127,10 +124,11 @@ def _series_keys(jobs: list[Job], keys: list[str]) -> list[str]:
 def series_spread(jobs: list[Job], key: str, metric: str) -> dict[str, list[tuple[float, float, float | None, int]]]:
     """Points (x, mean, sample sd or None, runs) of ``metric`` against ``key`` over the completed
     jobs, one series per combination of the other varying overrides that set series apart
-    (``method=prefix``; ``_series_keys``), each sorted by x. Repeats (``REPEAT_KEYS``: seeds, data subsets) are not series of their own: their values
-    at one x are averaged, as the paper's low-data figure does, and their spread is the error bar."""
-    others = _series_keys(jobs, [k for k in varying_overrides(jobs)
-                                 if k != key and k not in REPEAT_KEYS and not _names_the_same(jobs, k, key)])
+    (``method=prefix``; ``_series_keys``), each sorted by x. Repeats (``REPEAT_KEYS``: seeds, data
+    subsets) are not series of their own: their values at one x are averaged, as the paper's low-data figure does, and their spread is the error bar."""
+    completed = [job for job in jobs if job.status == "completed"]
+    others = _series_keys(completed, [k for k in varying_overrides(jobs)
+                                      if k != key and k not in REPEAT_KEYS and not _names_the_same(completed, k, key)])
     values: dict[str, dict[float, list[float]]] = {}
     for job in jobs:
         x, y = as_number(job.setting(key)), as_number((job.metrics or {}).get(metric))

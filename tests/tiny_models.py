@@ -112,3 +112,21 @@ def save_with_tokenizer(lm: torch.nn.Module, tokenizer, folder) -> str:
     lm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def random_rows(lengths: list[int], seed: int, vocab: int = VOCAB) -> list[torch.Tensor]:
+    """Token rows of the given lengths, drawn from ``[3, vocab)`` (above the special ids)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=gen) for n in lengths]
+
+
+def pad_rows(rows: list[torch.Tensor], side: str, pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D token rows into (input_ids, attention_mask), padding with ``pad`` on ``side``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tiny_models import CAUSAL_FAMILIES as FAMILIES, PAD, VOCAB, build_lm  # noqa: F401  (imported by the engine tests)
+from tiny_models import CAUSAL_FAMILIES as FAMILIES, PAD, VOCAB, build_lm, pad_rows, random_rows  # noqa: F401  (imported by the engine tests)
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 

@@ -28,7 +28,7 @@ from prefixlab.engine.families import UnsupportedModelError, adapter_for, suppor
 from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 
-from .conftest import PAD, VOCAB, build_lm
+from .conftest import PAD, VOCAB, build_lm, pad_rows, random_rows
 
 SITE = "decoder_self"
 ATOL = 1e-5
@@ -60,22 +60,6 @@ def build_decoder(family: str, attn_implementation: str = "sdpa", seed: int = 0)
     return lm.eval()
 
 
-def _rows(lengths: list[int], seed: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (n,), generator=gen) for n in lengths]
-
-
-def _pad(rows: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = row
-        mask[i, span] = 1
-    return ids, mask
-
-
 def _flat(lm, prefix_length: int, seed: int) -> FlatPrefix:
     torch.manual_seed(seed)
     return FlatPrefix(adapter_for(lm).geometry(lm), prefix_length, init_std=0.5)
@@ -101,7 +85,7 @@ def test_logits_and_loss_equal_peft_prefix_tuning(family, attn_implementation):
     with torch.no_grad():
         table.copy_(flat.rows[SITE])
 
-    ids, mask = _pad(_rows([7, 4, 6], seed=2), side="right")
+    ids, mask = pad_rows(random_rows([7, 4, 6], seed=2), side="right")
     labels = ids.masked_fill(mask == 0, -100)
     attended = mask.bool()
     with torch.no_grad():
@@ -150,7 +134,7 @@ def test_greedy_generate_equals_cache_prefix_loop(family, attn_implementation):
     reference = copy.deepcopy(lm)
     flat = _flat(lm, prefix_length, seed=3)
     model = PrefixedCausalLM(lm, flat).eval()
-    ids, mask = _pad(_rows([6, 4, 2], seed=4), side="left")
+    ids, mask = pad_rows(random_rows([6, 4, 2], seed=4), side="left")
     out = model.generate(
         ids, mask, do_sample=False, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD,
         output_logits=True, return_dict_in_generate=True,
@@ -221,7 +205,7 @@ def _prefix_grads(family: str, checkpointing: dict | None):
             m.p = 0.0
     assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in attention)
 
-    ids, mask = _pad(_rows([7, 5], seed=6), side="left")
+    ids, mask = pad_rows(random_rows([7, 5], seed=6), side="left")
     labels = ids.masked_fill(mask == 0, -100)
     loss = model(ids, mask, labels=labels).loss
     loss.backward()

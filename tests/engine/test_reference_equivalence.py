@@ -24,7 +24,7 @@ from prefixlab.engine.injection import PrefixActivations, SitePrefix
 from prefixlab.engine.parameterization import FlatPrefix, MLPPrefix
 from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 
-from .conftest import PAD, VOCAB, build_lm
+from .conftest import PAD, build_lm, pad_rows, random_rows
 
 ATOL = 1e-5
 SITE = "decoder_self"
@@ -32,23 +32,6 @@ SITE = "decoder_self"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _random_rows(lengths: list[int], seed: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (n,), generator=gen) for n in lengths]
-
-
-def _pad(rows: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D token rows into (input_ids, attention_mask), padding with PAD on ``side``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = row
-        mask[i, span] = 1
-    return ids, mask
 
 
 def _flat_prefix(lm, prefix_length: int, seed: int, init_std: float = 0.5) -> FlatPrefix:
@@ -130,7 +113,7 @@ def test_logits_and_loss_equal_peft_prefix_tuning(family, attn_implementation):
     with torch.no_grad():
         peft_table.copy_(flat.rows[SITE])
 
-    ids, mask = _pad(_random_rows([7, 4, 6], seed=2), side="right")
+    ids, mask = pad_rows(random_rows([7, 4, 6], seed=2), side="right")
     labels = ids.masked_fill(mask == 0, -100)
     attended = mask.bool()
 
@@ -161,7 +144,7 @@ def test_greedy_generate_equals_manual_loop_with_prefix(family, attn_implementat
     model = PrefixedCausalLM(lm, flat).eval()
 
     # three prompts, three different amounts of left padding (0, 2, 4)
-    ids, mask = _pad(_random_rows([6, 4, 2], seed=4), side="left")
+    ids, mask = pad_rows(random_rows([6, 4, 2], seed=4), side="left")
     out = model.generate(
         ids, mask, do_sample=False, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD,
         output_logits=True, return_dict_in_generate=True,
@@ -186,8 +169,8 @@ def test_beam_search_with_prefix_matches_each_row_alone(family):
     prefix_length, steps, beams = 4, 6, 3
     lm = build_lm(family, "sdpa")
     model = PrefixedCausalLM(lm, _flat_prefix(lm, prefix_length, seed=5)).eval()
-    rows = _random_rows([6, 3, 5], seed=6)
-    ids, mask = _pad(rows, side="left")
+    rows = random_rows([6, 3, 5], seed=6)
+    ids, mask = pad_rows(rows, side="left")
     kwargs = dict(do_sample=False, num_beams=beams, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD)
 
     with_prefix = model.generate(ids, mask, num_return_sequences=1, **kwargs)
@@ -213,7 +196,7 @@ def test_beam_search_with_prefix_matches_each_row_alone(family):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_prefix_changes_generation_and_disabling_restores_base(family, attn_implementation):
     lm = build_lm(family, attn_implementation)
-    ids, mask = _pad(_random_rows([5, 3, 7], seed=7), side="left")
+    ids, mask = pad_rows(random_rows([5, 3, 7], seed=7), side="left")
     gen_kwargs = dict(do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=PAD)
     with torch.no_grad():
         base_generated = lm.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
@@ -261,7 +244,7 @@ def test_peft_generate_drops_prefix_on_llama_but_ours_does_not():
         pm.prompt_encoder["default"].embedding.weight.copy_(flat.rows[SITE])
     ours = PrefixedCausalLM(lm, flat).eval()
 
-    ids = torch.stack(_random_rows([6, 6], seed=10))  # unpadded batch
+    ids = torch.stack(random_rows([6, 6], seed=10))  # unpadded batch
     mask = torch.ones_like(ids)
     gen_kwargs = dict(do_sample=False, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD)
 
@@ -297,7 +280,7 @@ def test_peft_generate_drops_prefix_on_gpt2_too(attn_implementation):
     with torch.no_grad():
         pm.prompt_encoder["default"].embedding.weight.copy_(flat.rows[SITE])
     ours = PrefixedCausalLM(lm, flat).eval()
-    ids = torch.stack(_random_rows([6, 6, 6], seed=24))  # unpadded batch
+    ids = torch.stack(random_rows([6, 6, 6], seed=24))  # unpadded batch
     mask = torch.ones_like(ids)
     gen_kwargs = dict(do_sample=False, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD)
     with torch.no_grad():
@@ -326,8 +309,8 @@ def test_mixed_batch_matches_single_prefix_runs(family, attn_implementation):
     mixed = PrefixActivations({SITE: _mixed_site_prefix(short_site, long_site, garbage_seed=13)})
     assert mixed.lengths(2).tolist() == [3, 5]
 
-    rows = _random_rows([4, 7], seed=14)
-    ids, mask = _pad(rows, side="left")
+    rows = random_rows([4, 7], seed=14)
+    ids, mask = pad_rows(rows, side="left")
     with torch.no_grad():
         batched = model(ids, mask, prefix=mixed).logits
         for i, (row, site) in enumerate(zip(rows, (short_site, long_site))):
@@ -350,8 +333,8 @@ def test_mixed_batch_beam_search_matches_single_prefix_runs(family):
     long_site = _detached_site(_flat_prefix(lm, 5, seed=16))
     mixed = PrefixActivations({SITE: _mixed_site_prefix(short_site, long_site, garbage_seed=17)})
 
-    rows = _random_rows([3, 6], seed=18)
-    ids, mask = _pad(rows, side="left")
+    rows = random_rows([3, 6], seed=18)
+    ids, mask = pad_rows(rows, side="left")
     kwargs = dict(do_sample=False, num_beams=beams, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=PAD)
     batched = model.generate(ids, mask, prefix=mixed, **kwargs)
     for i, (row, site) in enumerate(zip(rows, (short_site, long_site))):
@@ -374,7 +357,7 @@ def test_gradients_flow_only_to_prefix(family):
     model = PrefixedCausalLM(lm, encoder)
     model.train()
 
-    ids, mask = _pad(_random_rows([6, 4], seed=20), side="right")
+    ids, mask = pad_rows(random_rows([6, 4], seed=20), side="right")
     labels = ids.masked_fill(mask == 0, -100)
     model(ids, mask, labels=labels).loss.backward()
 
@@ -401,7 +384,7 @@ def test_chunked_forward_with_cache_equals_single_pass(family, attn_implementati
     flat = _flat_prefix(lm, prefix_length, seed=21)
     model = PrefixedCausalLM(lm, flat).eval()
     lengths = [8, 8] if padding == "none" else [8, 6]
-    ids, mask = _pad(_random_rows(lengths, seed=22), side="left")
+    ids, mask = pad_rows(random_rows(lengths, seed=22), side="left")
     positions = _manual_positions(mask, prefix_length)
     prefix = flat().detached()
 

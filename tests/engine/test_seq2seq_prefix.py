@@ -16,7 +16,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import SEQ2SEQ_VOCAB, build_seq2seq
+from tiny_models import SEQ2SEQ_VOCAB, build_seq2seq, pad_rows, random_rows
 from transformers import (
     DynamicCache,
     EncoderDecoderCache,
@@ -47,25 +47,10 @@ ATOL = 1e-5
 # dropped so every generate call runs to max_new_tokens.
 
 
-def _rows(lengths: list[int], seed: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (n,), generator=gen) for n in lengths]
-
-
-def _right_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 def _batch(lm, seed: int = 1):
     """A right-padded source batch (lengths 7, 4, 6) and labels [3, 5]."""
-    ids, mask = _right_pad(_rows([7, 4, 6], seed), lm.config.pad_token_id)
-    labels = torch.stack(_rows([5, 5, 5], seed + 100))
+    ids, mask = pad_rows(random_rows([7, 4, 6], seed, vocab=VOCAB), "right", lm.config.pad_token_id)
+    labels = torch.stack(random_rows([5, 5, 5], seed + 100, vocab=VOCAB))
     return ids, mask, labels
 
 
@@ -288,8 +273,8 @@ def test_beam_search_rows_equal_rows_alone(family, attn_implementation):
     steps, beams = 5, 3
     lm = build_seq2seq(family, attn_implementation)
     model = PrefixedSeq2SeqLM(lm).eval()
-    rows = _rows([7, 4, 6], seed=10)
-    ids, mask = _right_pad(rows, lm.config.pad_token_id)
+    rows = random_rows([7, 4, 6], seed=10, vocab=VOCAB)
+    ids, mask = pad_rows(rows, "right", lm.config.pad_token_id)
     prefix = _per_example_prefix(model.geometry, [11, 12, 13])  # a different prefix per row
     kwargs = dict(do_sample=False, num_beams=beams, max_new_tokens=steps, min_new_tokens=steps)
 

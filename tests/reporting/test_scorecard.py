@@ -138,16 +138,22 @@ def test_a_learning_rate_grid_is_tuned_per_arm_on_validation_never_on_test(tmp_p
         ({"method": "prefix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 40.0}}, predictions(0.1, 2)),
         ({"method": "prefix_flat", "optim.lr": 5e-5, "_metrics": {"val/bleu": 10.0}}, predictions(0.95, 3)),
         ({"method": "prefix_flat", "optim.lr": 5e-3, "_metrics": {"val/bleu": 45.0}}, predictions(0.2, 4)),
+        ({"method": "infix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 30.0}}, predictions(0.3, 5)),
     ])
     grid = [5.0e-5, 5.0e-4, 5.0e-3]
     write_claims(experiments, "reparameterization", [
         {"id": "mlp_beats_flat", "claim": "the MLP beats the flat prefix", "paper": "a slight drop", "expect": "greater",
-         "a": {"method": "prefix", "optim.lr": grid}, "b": {"method": "prefix_flat", "optim.lr": "tuned"}}])
+         "a": {"method": "prefix", "optim.lr": grid}, "b": {"method": "prefix_flat", "optim.lr": "tuned"}},
+        {"id": "mlp_beats_infix", "claim": "the MLP beats infix", "paper": "", "expect": "greater",
+         "a": {"method": "prefix", "optim.lr": "tuned"}, "b": {"method": "infix", "optim.lr": "tuned"}}])
     build_scorecard(experiments, resamples=200)
-    (row,) = csv.DictReader((experiments / "reparameterization" / "results.csv").open())
+    rows = {r["claim_id"]: r for r in csv.DictReader((experiments / "reparameterization" / "results.csv").open())}
+    row = rows["mlp_beats_flat"]
     assert row["verdict"] == "agrees", row["note"]
     assert "method=prefix: optim.lr=5e-05 (chosen on val/bleu 50 of 2 settings)" in row["note"]
     assert "method=prefix_flat: optim.lr=0.005 (chosen on val/bleu 45 of 2 settings)" in row["note"]
+    # an arm run at one rate only is said to be untuned, not "chosen"
+    assert "method=infix: optim.lr=0.0005 (the only setting run, not tuned; val/bleu 30)" in rows["mlp_beats_infix"]["note"]
 
 
 def test_a_wrong_claims_file_is_one_error_line_naming_it(tmp_path):

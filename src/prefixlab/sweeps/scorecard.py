@@ -216,6 +216,8 @@ def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where:
     sign = 1 if lower_is_better(name) else -1
     best = min(scores, key=lambda setting: sign * scores[setting])
     chosen = ", ".join(f"{k}={v}" for k, v in zip(tuned, best))
+    if len(groups) == 1:  # a grid of one: say so, rather than "chosen" (issue 16 asks for a grid per method)
+        return groups[best], f"{chosen} (the only setting run, not tuned; {name} {scores[best]:.4g})"
     return groups[best], f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings)"
 
 

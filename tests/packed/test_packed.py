@@ -260,6 +260,31 @@ def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pret
         assert len(rows) == 4 and all(isinstance(r["prediction"], str) for r in rows)
 
 
+def test_packed_evaluation_generates_only_the_batches_the_limits_let_through(tiny_pretrained, tmp_path, monkeypatch):
+    """trainer.limit_val_batches / limit_test_batches (a count, a fraction) bound what a pack
+    generates, as they bound a single run's evaluation loop: no prediction is made that is not scored."""
+    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
+
+    rows_per_call = []
+    original_generate = PrefixedCausalLM.generate
+
+    def counting_generate(self, input_ids, *args, **kwargs):
+        rows_per_call.append(input_ids.shape[0])
+        return original_generate(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(PrefixedCausalLM, "generate", counting_generate)
+    names = ["A_prefix_mlp", "C_infix"]
+    # 4 validation and 4 test examples in batches of 2: the first validation batch, half the test batches
+    limits = ["task.eval_batch_size=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=0.5"]
+    configs = [compose_job([*model_overrides(tiny_pretrained), *COMMON, *JOBS[name], *limits]) for name in names]
+    results = train_packed([packed_job(cfg, tmp_path / name) for name, cfg in zip(names, configs)])
+    assert [r["status"] for r in results] == ["completed"] * 2, results
+    assert sum(rows_per_call) == 2 * (2 + 2)  # 2 jobs x (2 validation + 2 test rows); 16 without the limits
+    for name in names:
+        rows = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 2
+
+
 def test_a_failing_job_is_recorded_and_the_others_finish_unaffected(tmp_path):
     """A job that diverges (lr 1e37: finite for a few steps, then nan) and one with a bad value
     fail alone; the third job's losses equal its separate run's."""

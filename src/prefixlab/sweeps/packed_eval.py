@@ -22,6 +22,24 @@ from prefixlab.methods import get_method
 EVAL_STAGES = (("val", "validation"), ("test", "test"))  # the module's stage name, the datamodule's split
 
 
+def evaluated_examples(r, stage: str, split: str) -> list:
+    """The examples of ``split`` that the job's validate/test will score: its loader's batches up to
+    Lightning's limit (``trainer.fast_dev_run``, else ``limit_val_batches`` / ``limit_test_batches``:
+    a count, or a fraction of the batches rounded down, as Lightning does), so that a pack generates
+    no prediction that is never scored, as a single run, which generates batch by batch."""
+    trainer = r.job.settings.trainer
+    loader = r.datamodule.val_dataloader() if stage == "val" else r.datamodule.test_dataloader()
+    batches = len(loader)
+    if trainer.fast_dev_run:
+        limit = int(trainer.fast_dev_run)  # true counts as 1 batch, as in Lightning
+    else:
+        limit = trainer.limit_val_batches if stage == "val" else trainer.limit_test_batches
+    if isinstance(limit, float):
+        limit = int(batches * limit)
+    examples = list(r.datamodule.splits[split])
+    return examples if limit >= batches else examples[: limit * loader.batch_size]
+
+
 @torch.no_grad()
 def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
     """Every job's validation and test predictions, generated in mixed-prefix batches.
@@ -54,7 +72,7 @@ def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
             r.encoder.train(was_training)
         rows = [(r, stage, position, encoded.prompt_ids)
                 for r in members for stage, split in EVAL_STAGES
-                for position, encoded in enumerate(r.datamodule.splits[split])]
+                for position, encoded in enumerate(evaluated_examples(r, stage, split))]
         rows.sort(key=lambda row: len(row[3]))
         rows_per_batch = sum(r.job.settings.task.eval_batch_size for r in members)
         outputs: dict[tuple[int, str, int], str] = {}
@@ -73,7 +91,7 @@ def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
         for r in members:
             r.module.prepared_predictions = {
                 stage: [(encoded.example.id, outputs[(r.index, stage, position)])
-                        for position, encoded in enumerate(r.datamodule.splits[split])]
+                        for position, encoded in enumerate(evaluated_examples(r, stage, split))]
                 for stage, split in EVAL_STAGES
             }
     return calls

@@ -230,15 +230,9 @@ def test_the_prefixes_start_where_separate_runs_start(tiny_pretrained, tmp_path)
     assert not torch.allclose(other.activations.sites["decoder_self"].keys, got.activations.sites["decoder_self"].keys)
 
 
-def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pretrained, tmp_path, monkeypatch):
-    """No job generates its own predictions: the validation and test examples of all jobs go
-    through generate() together, K x eval_batch_size rows per call (that the rows equal the
-    jobs' separate runs is test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs)."""
+def count_generated_rows(monkeypatch) -> list[int]:
+    """The rows of each PrefixedCausalLM.generate call from now on, in a list that fills as they come."""
     from prefixlab.engine.prefixed_lm import PrefixedCausalLM
-    from prefixlab.training.lm_module import PrefixTuningModule
-
-    def per_job_generation(*args, **kwargs):
-        raise AssertionError("a packed job generated its own predictions")
 
     rows_per_call = []
     original_generate = PrefixedCausalLM.generate
@@ -247,8 +241,21 @@ def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pret
         rows_per_call.append(input_ids.shape[0])
         return original_generate(self, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(PrefixTuningModule, "generate_text", per_job_generation)
     monkeypatch.setattr(PrefixedCausalLM, "generate", counting_generate)
+    return rows_per_call
+
+
+def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pretrained, tmp_path, monkeypatch):
+    """No job generates its own predictions: the validation and test examples of all jobs go
+    through generate() together, K x eval_batch_size rows per call (that the rows equal the
+    jobs' separate runs is test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs)."""
+    from prefixlab.training.lm_module import PrefixTuningModule
+
+    def per_job_generation(*args, **kwargs):
+        raise AssertionError("a packed job generated its own predictions")
+
+    monkeypatch.setattr(PrefixTuningModule, "generate_text", per_job_generation)
+    rows_per_call = count_generated_rows(monkeypatch)
     names = ["A_prefix_mlp", "C_infix", "D_embedding"]  # an infix among prefixes: per-row visibility
     configs = [compose_job([*model_overrides(tiny_pretrained), *COMMON, *JOBS[name]]) for name in names]
     results = train_packed([packed_job(cfg, tmp_path / name) for name, cfg in zip(names, configs)])
@@ -263,16 +270,8 @@ def test_packed_evaluation_generates_every_job_in_shared_mixed_batches(tiny_pret
 def test_packed_evaluation_generates_only_the_batches_the_limits_let_through(tiny_pretrained, tmp_path, monkeypatch):
     """trainer.limit_val_batches / limit_test_batches (a count, a fraction) bound what a pack
     generates, as they bound a single run's evaluation loop: no prediction is made that is not scored."""
-    from prefixlab.engine.prefixed_lm import PrefixedCausalLM
 
-    rows_per_call = []
-    original_generate = PrefixedCausalLM.generate
-
-    def counting_generate(self, input_ids, *args, **kwargs):
-        rows_per_call.append(input_ids.shape[0])
-        return original_generate(self, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(PrefixedCausalLM, "generate", counting_generate)
+    rows_per_call = count_generated_rows(monkeypatch)
     names = ["A_prefix_mlp", "C_infix"]
     # 4 validation and 4 test examples in batches of 2: the first validation batch, half the test batches
     limits = ["task.eval_batch_size=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=0.5"]

@@ -70,9 +70,10 @@ def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
             r.encoder.eval()
             prefixes[r.index] = r.encoder().detached()
             r.encoder.train(was_training)
+        evaluated = {(r.index, stage): evaluated_examples(r, stage, split) for r in members for stage, split in EVAL_STAGES}
         rows = [(r, stage, position, encoded.prompt_ids)
-                for r in members for stage, split in EVAL_STAGES
-                for position, encoded in enumerate(evaluated_examples(r, stage, split))]
+                for r in members for stage, _ in EVAL_STAGES
+                for position, encoded in enumerate(evaluated[(r.index, stage)])]
         rows.sort(key=lambda row: len(row[3]))
         rows_per_batch = sum(r.job.settings.task.eval_batch_size for r in members)
         outputs: dict[tuple[int, str, int], str] = {}
@@ -91,8 +92,8 @@ def generate_for_all_jobs(running: list, shared, device, precision: str) -> int:
         for r in members:
             r.module.prepared_predictions = {
                 stage: [(encoded.example.id, outputs[(r.index, stage, position)])
-                        for position, encoded in enumerate(evaluated_examples(r, stage, split))]
-                for stage, split in EVAL_STAGES
+                        for position, encoded in enumerate(evaluated[(r.index, stage)])]
+                for stage, _ in EVAL_STAGES
             }
     return calls
 

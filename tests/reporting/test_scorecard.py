@@ -218,3 +218,54 @@ def test_an_experiment_whose_only_sweep_was_refused_is_not_measured(tmp_path):
                  sweeps=["multirun/experiments/main_table"])
     readme = build_scorecard(experiments, resamples=200)
     assert "not measured: no sweep found under multirun/experiments/main_table" in readme.read_text()
+
+
+def test_the_runs_an_arm_matched_are_archived_and_rebuild_the_same_results_without_multirun(tmp_path):
+    """multirun/ is git-ignored: the scorecard copies each matched run's evidence to
+    experiments/<name>/runs/, and a fresh clone (no multirun/) rebuilds the same results.csv and table
+    from it; a run both live and archived counts once."""
+    import shutil
+
+    experiments = tmp_path / "experiments"
+    make_sweep(tmp_path, "main_table", [
+        ({"method": "prefix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 60.0}}, predictions(0.9, 1)),
+        ({"method": "prefix", "optim.lr": 5e-3, "_metrics": {"val/bleu": 50.0}}, predictions(0.5, 2)),
+        ({"method": "finetune", "optim.lr": 5e-5, "_metrics": {"val/bleu": 55.0}}, predictions(0.3, 3)),
+        ({"method": "adapter", "optim.lr": 5e-4, "_metrics": {"val/bleu": 55.0}}, predictions(0.3, 4)),  # in no claim
+    ])
+    write_claims(experiments, "main_table", [
+        {"id": "p", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
+         "a": {"method": "prefix", "optim.lr": "tuned"}, "b": {"method": "finetune", "optim.lr": "tuned"}}])
+    (experiments / "README.md").write_text(f"# Experiments\n\n{START}\n{END}\n")
+
+    def build() -> tuple[str, str]:
+        readme = build_scorecard(experiments, resamples=200)
+        return (experiments / "main_table" / "results.csv").read_text(), readme.read_text()
+
+    first = build()
+    assert "optim.lr=0.0005 (chosen on val/bleu 60 of 2 settings)" in first[0]
+    archive = experiments / "main_table" / "runs"
+    assert sorted(p.parent.relative_to(archive).as_posix() for p in archive.rglob("metrics.json")) == [
+        "2026-12-01_10-00-00/0", "2026-12-01_10-00-00/1", "2026-12-01_10-00-00/2"]  # the whole grid; not the adapter
+    kept_rows = [json.loads(line) for line in (archive / "2026-12-01_10-00-00" / "0" / "predictions.jsonl").open()]
+    assert len(kept_rows) == len(REFERENCES) and {tuple(row) for row in kept_rows} == {("id", "prediction", "references")}
+    assert build() == first
+    # a run redone into the same folder: the live run is read (not its stale archived copy) and re-archived
+    live = tmp_path / "multirun" / "experiments" / "main_table" / "2026-12-01_10-00-00" / "2"
+    (live / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions(0.95, 9)))
+    second = build()
+    value = lambda results: float(next(csv.DictReader(results.splitlines()))["value"])  # noqa: E731
+    assert value(first[0]) > 0 > value(second[0])
+    shutil.rmtree(tmp_path / "multirun")
+    assert build() == second
+
+
+def test_an_experiment_with_no_run_anywhere_keeps_its_rows_of_the_last_scorecard(tmp_path, capsys):
+    experiments = tmp_path / "experiments"
+    write_claims(experiments, "kept", [{"id": "x", "claim": "a claim", "paper": "1.0", "expect": "greater",
+                                        "a": {"method": "prefix"}, "b": {"method": "finetune"}}])
+    row = "| [kept](kept/README.md) | a claim | 1.0 | 5.0 vs 4.0: +1.0 [+0.5, +1.5] BLEU (n=246) | **agrees** | `x` |"
+    (experiments / "README.md").write_text(f"# Experiments\n\n{START}\n| experiment | claim |\n|---|---|\n{row}\n{END}\n")
+    text = build_scorecard(experiments, resamples=100).read_text()
+    assert row in text and "not run" not in text
+    assert "no run under multirun/experiments/kept or runs/; its rows of the last scorecard are kept" in capsys.readouterr().err

@@ -8,8 +8,9 @@
 Reads every job folder of the sweeps and writes ``report.md``, ``report.csv`` and the plots
 (``prefixlab.sweeps.report.build_report``). Failed and unfinished jobs are rows with their status;
 they never stop the report. ``--scorecard`` reads each ``experiments/<name>/claims.yaml``, compares
-its arms by a paired bootstrap over the test inputs and writes each ``results.csv`` and the
-scorecard table of ``experiments/README.md`` (``prefixlab.sweeps.scorecard``).
+its arms by a paired bootstrap over the test inputs and writes each ``results.csv``, the evidence of
+the runs it read (``experiments/<name>/runs/``, committed: a fresh clone rebuilds the table from it)
+and the scorecard table of ``experiments/README.md`` (``prefixlab.sweeps.scorecard``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             readme = build_scorecard(args.scorecard, args.runs_root)
         except (ReportError, OSError) as error:
             sys.exit(f"prefixlab-report: error: {error}")
-        print(f"scorecard: {readme} (and results.csv of each experiment that has runs)")
+        print(f"scorecard: {readme} (and results.csv and runs/ of each experiment that has runs)")
         return
     if bool(args.sweeps) == bool(args.newest):
         parser.error("give sweep folders or --newest ROOT (one of the two)")

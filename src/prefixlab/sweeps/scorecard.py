@@ -22,6 +22,13 @@ arms by a paired bootstrap over the test inputs (``sweeps/significance.py``), an
 ``<name>/results.csv`` (one row per claim) and the scorecard table into ``README.md`` of that folder
 (between ``<!-- scorecard -->`` marks; the text around them is kept).
 
+The evidence of every run an arm matched (its saved config and overrides, its config-group choices,
+``metrics.json`` and the ``id`` / ``prediction`` / ``references`` of its ``predictions.jsonl``) is
+copied to ``<name>/runs/``, which is committed with the results: ``multirun/`` is git-ignored, so
+without it a fresh clone could not rebuild a single row, and a later run could not be compared
+with the ones already reported. The scorecard reads those archived runs beside the live sweeps (a
+run in both counts once). An experiment with no run anywhere keeps its rows of the last scorecard.
+
 Verdicts (``verdict``), at the interval's level (95%): a claim "A > B" *agrees* when the interval of
 A - B lies above 0, *disagrees* when it lies below 0, and is *unresolved* otherwise; the note then
 gives the smallest effect this test set detects with 80% power (``Estimate.mde``), so an
@@ -31,15 +38,18 @@ unresolved verdict says whether more test inputs or seeds could resolve the pape
 from __future__ import annotations
 
 import glob
+import json
 import math
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from prefixlab.run.artifacts import atomic_write_text
-from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs, is_job_dir
+from prefixlab.run.artifacts import atomic_replace_dir, atomic_write_text
+from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs, is_job_dir, read_job
 from prefixlab.sweeps.significance import (Estimate, Predictions, Spread, contrast, corpus_value, get_metric, read_predictions,
                                            seed_spread)
 from prefixlab.sweeps.table import REPEAT_KEYS, as_text
@@ -221,6 +231,18 @@ def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where:
     return groups[best], f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings)"
 
 
+def matching_jobs(jobs: list[Job], arm: dict[str, Any]) -> list[Job]:
+    """The completed jobs with predictions whose settings are the arm's (every value of a tuned key)."""
+
+    def matches(job: Job, key: str, wanted: Any) -> bool:
+        if wanted == TUNED:
+            return True
+        return any(_same(job.setting(key), w) for w in wanted) if isinstance(wanted, list) else _same(job.setting(key), wanted)
+
+    return [job for job in jobs if job.status == "completed" and (job.path / "predictions.jsonl").is_file()
+            and all(matches(job, k, v) for k, v in arm.items())]
+
+
 def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bleu") -> tuple[list[Predictions], str]:
     """The completed runs of one arm, ordered by their seed / subset (so arms pair by position); for a
     seed / subset run twice, the last sweep's run. A key given a list of values (``optim.lr: [5.0e-5,
@@ -228,14 +250,7 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
     mean validation score is taken, and the second item returned says which. Raises ReportError when
     the matched jobs differ in anything but the seed / subset (the claim must name that setting)."""
     tuned = [k for k, v in arm.items() if _is_tuned(v)]
-
-    def matches(job: Job, key: str, wanted: Any) -> bool:
-        if wanted == TUNED:
-            return True
-        return any(_same(job.setting(key), w) for w in wanted) if isinstance(wanted, list) else _same(job.setting(key), wanted)
-
-    matched = [job for job in jobs if job.status == "completed" and (job.path / "predictions.jsonl").is_file()
-               and all(matches(job, k, v) for k, v in arm.items())]
+    matched = matching_jobs(jobs, arm)
     if not matched:
         raise ReportError(f"{where}: no completed run with {_describe(arm)} and a predictions.jsonl")
     chosen = ""
@@ -252,6 +267,71 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
         by_repeat[tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)] = job
     ordered = sorted(by_repeat.items(), key=lambda item: tuple((as_number(v) or 0.0, v) for v in item[0]))
     return [read_predictions(job.path / "predictions.jsonl") for _, job in ordered], chosen
+
+
+# ---- the runs' evidence, kept beside the claims ------------------------------------------------------
+
+ARCHIVE = "runs"  # experiments/<name>/runs/: what each run the scorecard read leaves to rebuild its rows
+_PREDICTION_KEYS = ("id", "prediction", "references")  # what the bootstrap reads; the inputs are the data's
+
+
+def _archive_key(job: Path, experiment: Experiment, root: Path) -> str:
+    """A run's place under ``runs/``: its folder below ``multirun/experiments/<name>/`` (a sweep's
+    time stamp and job number, or ``single_runs/<run>``), else below the project root, else its name."""
+    job = job.resolve()
+    for base in (experiment.folder / ARCHIVE, root / "multirun" / "experiments" / experiment.name, root):
+        base = base.resolve()
+        if base in job.parents:
+            return job.relative_to(base).as_posix()
+    return job.name
+
+
+def archived_jobs(experiment: Experiment) -> list[Job]:
+    """The runs kept under ``<experiment>/runs/``, each labelled by its key."""
+    folder = experiment.folder / ARCHIVE
+    if not folder.is_dir():
+        return []
+    paths = sorted({p.parent for p in folder.rglob("metrics.json") if not any(part.startswith(".") for part in
+                                                                               p.relative_to(folder).parts[:-1])})
+    return [read_job(path, path.relative_to(folder).as_posix()) for path in paths]
+
+
+def experiment_jobs(experiment: Experiment, root: Path) -> list[Job]:
+    """The jobs of the experiment's sweeps, then its archived runs that are not among them."""
+    sweeps = sweep_folders(experiment.sweeps, root)
+    jobs = find_jobs(sweeps) if sweeps else []
+    live = {_archive_key(job.path, experiment, root) for job in jobs}
+    return jobs + [job for job in archived_jobs(experiment) if job.label not in live]
+
+
+def archive_runs(experiment: Experiment, jobs: list[Job], root: Path) -> list[Path]:
+    """Copy each live run's evidence to ``<experiment>/runs/<key>/`` (each folder swapped in whole,
+    so an interrupted copy leaves the previous one); runs read from the archive are left as they are."""
+    archive = (experiment.folder / ARCHIVE).resolve()
+    written = []
+    for job in jobs:
+        if archive in job.path.resolve().parents:
+            continue
+        rows = []
+        for line in (job.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.append({k: row[k] for k in _PREDICTION_KEYS if k in row})
+
+        def fill(folder: Path, job: Job = job, rows: list[dict] = rows) -> None:
+            (folder / ".hydra").mkdir()
+            for name in ("config.yaml", "overrides.yaml"):
+                if (job.path / ".hydra" / name).is_file():
+                    shutil.copyfile(job.path / ".hydra" / name, folder / ".hydra" / name)
+            # of hydra.yaml only the config-group choices (method: prefix): no paths, no environment
+            (folder / ".hydra" / "hydra.yaml").write_text(
+                yaml.safe_dump({"hydra": {"runtime": {"choices": dict(job.choices)}}}, sort_keys=True), encoding="utf-8")
+            shutil.copyfile(job.path / "metrics.json", folder / "metrics.json")
+            (folder / "predictions.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+        written.append(atomic_replace_dir(archive / _archive_key(job.path, experiment, root), fill))
+    return written
 
 
 # ---- the scorecard --------------------------------------------------------------------------------
@@ -277,10 +357,10 @@ def _quantity(claim: Claim) -> str:
     return " ".join(f"{w:+g} x ({_describe(arm)})" for w, arm in claim.terms)
 
 
-def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, seed: int = 0) -> list[Row]:
+def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, seed: int = 0,
+                     jobs: list[Job] | None = None) -> list[Row]:
     """One row per claim: the contrast with its interval and verdict, or why it could not be measured."""
-    sweeps = sweep_folders(experiment.sweeps, root)
-    jobs = find_jobs(sweeps) if sweeps else []
+    jobs = experiment_jobs(experiment, root) if jobs is None else jobs
     rows = []
     for claim in experiment.claims:
         where = f"{experiment.name}/{claim.id}"
@@ -334,11 +414,23 @@ def _ours(row: Row) -> str:
     return f"{arms}{e.value:+.1f} [{e.ci_low:+.1f}, {e.ci_high:+.1f}] {get_metric(row.claim.metric).unit} (n={e.n_test}{runs})"
 
 
+TABLE_HEAD = ("| experiment | claim | paper | ours, small scale (A - B, 95% interval) | verdict | reproduce |",
+              "|---|---|---|---|---|---|")
+
+
+def _table_lines(text: str) -> list[str]:
+    """The rows of the scorecard table between the marks of a README (none when it has no table)."""
+    if START not in text or END not in text:
+        return []
+    return [line for line in text[text.index(START) + len(START):text.index(END)].splitlines()
+            if line.startswith("| [")]
+
+
 def scorecard_table(rows: list[Row]) -> str:
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| experiment | claim | paper | ours, small scale (A - B, 95% interval) | verdict | reproduce |", "|---|---|---|---|---|---|"]
+    lines = list(TABLE_HEAD)
     for row in rows:
         lines.append("| " + " | ".join(cell(c) for c in (
             f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
@@ -348,8 +440,9 @@ def scorecard_table(rows: list[Row]) -> str:
 
 
 def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 1000, seed: int = 0) -> Path:
-    """Score every ``<folder>/*/claims.yaml``; write each experiment's ``results.csv`` (when any of its
-    claims was measured: an experiment not run keeps its file) and the table into ``<folder>/README.md``."""
+    """Score every ``<folder>/*/claims.yaml``; write each experiment's ``results.csv`` and ``runs/``
+    archive (when any of its claims was measured: an experiment not run keeps its file, and its rows of
+    the last table where it had some) and the table into ``<folder>/README.md``."""
     from prefixlab.sweeps.report import csv_text
 
     folder = Path(folder)
@@ -357,15 +450,27 @@ def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 100
     if not files:
         raise ReportError(f"{folder}: no <experiment>/claims.yaml below it; give the experiments folder")
     root = Path(root) if root is not None else folder.resolve().parent
-    rows: list[Row] = []
+    readme = folder / "README.md"
+    old_lines = _table_lines(readme.read_text(encoding="utf-8")) if readme.is_file() else []
+    lines = []
     for path in files:
         experiment = read_claims(path)
-        scored = score_experiment(experiment, root, resamples, seed)
+        jobs = experiment_jobs(experiment, root)
+        kept = [line for line in old_lines if line.startswith(f"| [{experiment.name}]({experiment.name}/README.md) |")]
+        if not jobs and kept:
+            # no run here (a fresh clone before its archive existed): its last rows stay, not "not run"
+            print(f"prefixlab-report: {experiment.folder}: no run under {', '.join(experiment.sweeps)} or "
+                  f"{ARCHIVE}/; its rows of the last scorecard are kept", file=sys.stderr)
+            lines += kept
+            continue
+        scored = score_experiment(experiment, root, resamples, seed, jobs)
         if any(row.estimate is not None for row in scored):
+            used = {id(job): job for _, arm in (t for claim in experiment.claims for t in claim.terms)
+                    for job in matching_jobs(jobs, arm)}
+            archive_runs(experiment, list(used.values()), root)
             atomic_write_text(experiment.folder / "results.csv", csv_text(RESULT_COLUMNS, results_rows(scored)))
-        rows += scored
-    readme = folder / "README.md"
-    block = f"{START}\n{scorecard_table(rows)}\n{END}"
+        lines += scorecard_table(scored).splitlines()[2:]
+    block = f"{START}\n" + "\n".join([*TABLE_HEAD, *lines]) + f"\n{END}"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else (
         "# Experiments: the paper's claims, tested\n\n"
         "Each row is one claim of Li & Liang (2021), the paper's figure, ours at small scale as the difference of the "

@@ -118,10 +118,14 @@ def test_packed_jobs_export_the_prefixes_and_metrics_of_separate_runs(packed_and
     for name in JOBS:
         mine, reference = load_prefix(packed[name] / "prefix"), load_prefix(alone[name] / "prefix")
         assert mine.prefix_length == reference.prefix_length and mine.method == reference.method
+        # atol 1e-4: float-order differences (the pack's forwards hold other rows, other padding)
+        # reach 1.4e-5 in E's exported values after its MSE fit and two AdamW steps at lr 1e-2 with one
+        # torch thread on the 2026-12-02 CPU (atol 1e-5 failed there, and passed on earlier machines);
+        # one step fewer moves them by 3.6e-2 on average, a 10% higher lr by 1.4e-2 (measured alone)
         for site, expected in reference.activations.sites.items():
             got = mine.activations.sites[site]
-            assert torch.allclose(got.keys, expected.keys, rtol=1e-4, atol=1e-5), name
-            assert torch.allclose(got.values, expected.values, rtol=1e-4, atol=1e-5), name
+            assert torch.allclose(got.keys, expected.keys, rtol=1e-4, atol=1e-4), name
+            assert torch.allclose(got.values, expected.values, rtol=1e-4, atol=1e-4), name
         single = json.loads((alone[name] / "metrics.json").read_text())
         for key in ("steps", "trainable_params", "exported_params", "lm_params"):
             assert results[name][key] == single[key], (name, key)

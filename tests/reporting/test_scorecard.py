@@ -4,13 +4,14 @@ verdict -> results.csv and the table of experiments/README.md. Sweeps are writte
 
 import csv
 import json
+import math
 import random
 
 import pytest
 import yaml
 
 from prefixlab.cli.report import main
-from prefixlab.sweeps.jobs import ReportError
+from prefixlab.sweeps.jobs import ReportError, as_number
 from prefixlab.sweeps.scorecard import END, START, build_scorecard, read_claims, verdict
 from prefixlab.sweeps.significance import Estimate
 
@@ -269,3 +270,32 @@ def test_an_experiment_with_no_run_anywhere_keeps_its_rows_of_the_last_scorecard
     text = build_scorecard(experiments, resamples=100).read_text()
     assert row in text and "not run" not in text
     assert "no run under multirun/experiments/kept or runs/; its rows of the last scorecard are kept" in capsys.readouterr().err
+
+
+def test_each_committed_results_csv_is_what_its_committed_runs_rebuild(tmp_path):
+    """The figures of experiments/*/results.csv and of the scorecard table come from the runs committed
+    beside them (experiments/<name>/runs/): rebuilt in a copy with no multirun/, they are the same to
+    the last digit. Fails when a result is edited by hand, or the scoring changes without a rebuild."""
+    import shutil
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[2] / "experiments"
+    archived = sorted(p.parent.name for p in project.glob("*/runs") if p.is_dir())
+    if not archived:
+        pytest.skip("no experiment has committed runs (experiments/<name>/runs/) yet")
+    copy = tmp_path / "experiments"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("*.png"))
+    readme = build_scorecard(copy)  # its runs root is tmp_path: no multirun/ there, only the archives
+
+    def same(rebuilt: str, committed: str) -> bool:  # full-precision floats: equal to 1e-9 (another CPU's sums)
+        a, b = as_number(rebuilt), as_number(committed)
+        return rebuilt == committed or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+
+    for name in archived:
+        rebuilt = list(csv.DictReader((copy / name / "results.csv").open()))
+        committed = list(csv.DictReader((project / name / "results.csv").open()))
+        assert [list(r) for r in rebuilt] == [list(r) for r in committed], name
+        for got, expected in zip(rebuilt, committed):
+            wrong = [k for k in expected if not same(got[k], expected[k])]
+            assert not wrong, (name, expected["claim_id"], {k: (got[k], expected[k]) for k in wrong})
+    assert readme.read_text() == (project / "README.md").read_text()  # rounded figures: exactly

@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -170,8 +172,6 @@ def test_a_wrong_claims_file_is_one_error_line_naming_it(tmp_path):
 
 
 def test_the_projects_claims_files_parse_and_name_known_metrics():
-    from pathlib import Path
-
     files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*/claims.yaml"))
     assert len(files) >= 6
     for path in files:
@@ -225,8 +225,6 @@ def test_the_runs_an_arm_matched_are_archived_and_rebuild_the_same_results_witho
     """multirun/ is git-ignored: the scorecard copies each matched run's evidence to
     experiments/<name>/runs/, and a fresh clone (no multirun/) rebuilds the same results.csv and table
     from it; a run both live and archived counts once."""
-    import shutil
-
     experiments = tmp_path / "experiments"
     make_sweep(tmp_path, "main_table", [
         ({"method": "prefix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 60.0}}, predictions(0.9, 1)),
@@ -276,9 +274,6 @@ def test_each_committed_results_csv_is_what_its_committed_runs_rebuild(tmp_path)
     """The figures of experiments/*/results.csv and of the scorecard table come from the runs committed
     beside them (experiments/<name>/runs/): rebuilt in a copy with no multirun/, they are the same to
     the last digit. Fails when a result is edited by hand, or the scoring changes without a rebuild."""
-    import shutil
-    from pathlib import Path
-
     project = Path(__file__).resolve().parents[2] / "experiments"
     archived = sorted(p.parent.name for p in project.glob("*/runs") if p.is_dir())
     if not archived:

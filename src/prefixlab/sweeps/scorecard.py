@@ -426,17 +426,19 @@ def _table_lines(text: str) -> list[str]:
             if line.startswith("| [")]
 
 
-def scorecard_table(rows: list[Row]) -> str:
+def _table_rows(rows: list[Row]) -> list[str]:
+    """One table line per claim, without the head."""
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = list(TABLE_HEAD)
-    for row in rows:
-        lines.append("| " + " | ".join(cell(c) for c in (
-            f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
-            f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else ""),
-            f"`{row.experiment.command}`" if row.experiment.command else "")) + " |")
-    return "\n".join(lines)
+    return ["| " + " | ".join(cell(c) for c in (
+        f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
+        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else ""),
+        f"`{row.experiment.command}`" if row.experiment.command else "")) + " |" for row in rows]
+
+
+def scorecard_table(rows: list[Row]) -> str:
+    return "\n".join([*TABLE_HEAD, *_table_rows(rows)])
 
 
 def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 1000, seed: int = 0) -> Path:
@@ -469,7 +471,7 @@ def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 100
                     for job in matching_jobs(jobs, arm)}
             archive_runs(experiment, list(used.values()), root)
             atomic_write_text(experiment.folder / "results.csv", csv_text(RESULT_COLUMNS, results_rows(scored)))
-        lines += scorecard_table(scored).splitlines()[2:]
+        lines += _table_rows(scored)
     block = f"{START}\n" + "\n".join([*TABLE_HEAD, *lines]) + f"\n{END}"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else (
         "# Experiments: the paper's claims, tested\n\n"

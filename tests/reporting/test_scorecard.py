@@ -270,6 +270,67 @@ def test_an_experiment_with_no_run_anywhere_keeps_its_rows_of_the_last_scorecard
     assert "no run under multirun/experiments/kept or runs/; its rows of the last scorecard are kept" in capsys.readouterr().err
 
 
+def test_a_rerun_in_parts_keeps_the_last_rows_of_claims_still_waiting_for_an_arm(tmp_path, capsys):
+    """An experiment rerun over several sessions (one sweep per method): while an arm of a claim has no
+    run yet, that claim keeps its row of the last results.csv and table, marked KEPT; the claims with
+    every arm run are scored from the new runs; the partial runs are archived at once; once the arm
+    runs, the mark goes. A claim that fails for another reason is never papered over."""
+    from prefixlab.sweeps.scorecard import KEPT
+
+    experiments = tmp_path / "experiments"
+    write_claims(experiments, "main_table", [
+        {"id": "ft", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
+         "a": {"method": "prefix"}, "b": {"method": "finetune"}},
+        {"id": "adapter", "claim": "PREFIX beats ADAPTER", "paper": "", "expect": "greater",
+         "a": {"method": "prefix"}, "b": {"method": "adapter"}}])
+    (experiments / "README.md").write_text(f"# Experiments\n\n{START}\n{END}\n")
+    make_sweep(tmp_path, "main_table", [({"method": "prefix"}, predictions(0.9, 1)), ({"method": "finetune"}, predictions(0.2, 2)),
+                                        ({"method": "adapter"}, predictions(0.3, 3))], stamp="2026-11-01_10-00-00")
+    build_scorecard(experiments, resamples=200)
+    results = experiments / "main_table" / "results.csv"
+    old_rows = list(csv.DictReader(results.open()))
+    old_lines = [line for line in (experiments / "README.md").read_text().splitlines() if line.startswith("| [main_table]")]
+    shutil.rmtree(tmp_path / "multirun")  # the old runs are lost (made before the archive existed)
+    shutil.rmtree(experiments / "main_table" / "runs")
+
+    # the rerun's first sweep: the prefix alone completes no claim; every row stays as it was, its run is archived
+    make_sweep(tmp_path, "main_table", [({"method": "prefix"}, predictions(0.5, 4))], stamp="2026-12-02_10-00-00")
+    build_scorecard(experiments, resamples=200)
+    assert list(csv.DictReader(results.open())) == old_rows
+    assert [line for line in (experiments / "README.md").read_text().splitlines() if line.startswith("| [main_table]")] == old_lines
+    assert (experiments / "main_table" / "runs" / "2026-12-02_10-00-00" / "0" / "predictions.jsonl").is_file()
+    assert "no claim has a run of each arm yet" in capsys.readouterr().err
+
+    # the second: fine-tuning; its claim is scored anew, the adapter's claim keeps its last row, marked
+    make_sweep(tmp_path, "main_table", [({"method": "finetune"}, predictions(0.2, 5))], stamp="2026-12-02_11-00-00")
+
+    def build() -> tuple[str, str]:
+        readme = build_scorecard(experiments, resamples=200)
+        return results.read_text(), readme.read_text()
+
+    first = build()
+    rows = list(csv.DictReader(first[0].splitlines()))
+    assert float(rows[0]["value"]) != pytest.approx(float(old_rows[0]["value"])) and KEPT not in rows[0]["note"]
+    assert {k: v for k, v in rows[1].items() if k != "note"} == {k: v for k, v in old_rows[1].items() if k != "note"}
+    assert rows[1]["note"] == f"{KEPT}; {old_rows[1]['note']}"
+    table = [line for line in first[1].splitlines() if line.startswith("| [main_table]")]
+    assert table[1] == old_lines[1].replace("| **agrees**", f"| **agrees** ({KEPT})") and table[0] != old_lines[0]
+    assert "main_table/adapter: main_table/adapter: no completed run with method=adapter" in capsys.readouterr().err
+    assert build() == first  # the mark is added once
+    shutil.rmtree(tmp_path / "multirun")
+    assert build() == first  # and a fresh clone rebuilds the same from the archive
+
+    # the adapter runs: the claim is measured again, the mark is gone
+    make_sweep(tmp_path, "main_table", [({"method": "adapter"}, predictions(0.8, 6))], stamp="2026-12-03_10-00-00")
+    rows = list(csv.DictReader(build()[0].splitlines()))
+    assert not any(KEPT in row["note"] for row in rows) and float(rows[1]["value"]) < float(old_rows[1]["value"])
+
+    # a claim that cannot be scored for another reason says so; it is not kept
+    make_sweep(tmp_path, "main_table", [({"method": "adapter", "optim.lr": 1e-3}, predictions(0.8, 7))], stamp="2026-12-04_10-00-00")
+    row = list(csv.DictReader(build()[0].splitlines()))[1]
+    assert row["value"] == "" and row["note"].startswith("not measured: main_table/adapter: the runs with method=adapter differ in optim.lr")
+
+
 def test_each_committed_results_csv_is_what_its_committed_runs_rebuild(tmp_path):
     """The figures of experiments/*/results.csv and of the scorecard table come from the runs committed
     beside them (experiments/<name>/runs/): rebuilt in a copy with no multirun/, they are the same to

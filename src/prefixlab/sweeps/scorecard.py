@@ -27,7 +27,10 @@ The evidence of every run an arm matched (its saved config and overrides, its co
 copied to ``<name>/runs/``, which is committed with the results: ``multirun/`` is git-ignored, so
 without it a fresh clone could not rebuild a single row, and a later run could not be compared
 with the ones already reported. The scorecard reads those archived runs beside the live sweeps (a
-run in both counts once). An experiment with no run anywhere keeps its rows of the last scorecard.
+run in both counts once). An experiment with no run anywhere keeps its rows of the last scorecard;
+an experiment being rerun in parts (its arms in several sweeps, over several sessions) keeps the
+last rows of the claims whose arms have no run yet, marked as such (``KEPT``), so a half-done rerun
+never turns a measured claim into "not run".
 
 Verdicts (``verdict``), at the interval's level (95%): a claim "A > B" *agrees* when the interval of
 A - B lies above 0, *disagrees* when it lies below 0, and is *unresolved* otherwise; the note then
@@ -37,6 +40,7 @@ unresolved verdict says whether more test inputs or seeds could resolve the pape
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -58,6 +62,8 @@ EXPECTS = ("greater", "less", "not_less", "equivalent")
 VERDICTS = ("agrees", "disagrees", "unresolved")
 RESULT_COLUMNS = ["claim_id", "claim", "quantity", "metric", "n_test", "runs", "value", "ci_low", "ci_high", "p_value",
                   "mde", "paper", "paper_effect", "verdict", "note", "arms"]
+# the mark of a claim's row kept from the last scorecard while an arm of it has no run (a rerun in parts)
+KEPT = "earlier runs, kept until this claim's arms are rerun"
 START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
 
 
@@ -252,7 +258,7 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
     tuned = [k for k, v in arm.items() if _is_tuned(v)]
     matched = matching_jobs(jobs, arm)
     if not matched:
-        raise ReportError(f"{where}: no completed run with {_describe(arm)} and a predictions.jsonl")
+        raise MissingRunsError(f"{where}: no completed run with {_describe(arm)} and a predictions.jsonl")
     chosen = ""
     if tuned:
         matched, chosen = _validation_choice(matched, tuned, metric, where)
@@ -267,6 +273,10 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
         by_repeat[tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)] = job
     ordered = sorted(by_repeat.items(), key=lambda item: tuple((as_number(v) or 0.0, v) for v in item[0]))
     return [read_predictions(job.path / "predictions.jsonl") for _, job in ordered], chosen
+
+
+class MissingRunsError(ReportError):
+    """An arm with no completed run yet (not a wrong claim or run): its claim's last row may be kept."""
 
 
 # ---- the runs' evidence, kept beside the claims ------------------------------------------------------
@@ -345,6 +355,7 @@ class Row:
     spreads: list[Spread]  # each arm's metric over its runs (seeds, subsets), in the order of claim.terms
     verdict: str
     note: str
+    missing_runs: bool = False  # an arm has no completed run yet
 
     @property
     def arm_values(self) -> list[float]:
@@ -371,7 +382,8 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
             arms = [(weight, runs) for weight, (runs, _) in found]
             estimate = contrast(arms, claim.metric, resamples=resamples, seed=seed)
         except ReportError as error:
-            rows.append(Row(experiment, claim, None, [], "unresolved", f"not measured: {error}"))
+            rows.append(Row(experiment, claim, None, [], "unresolved", f"not measured: {error}",
+                            missing_runs=isinstance(error, MissingRunsError)))
             continue
         spreads = [seed_spread([corpus_value(run, claim.metric) for run in runs]) for _, runs in arms]
         result, note = verdict(estimate, claim.expect, claim.margin, claim.paper_effect)
@@ -426,12 +438,13 @@ def _table_lines(text: str) -> list[str]:
             if line.startswith("| [")]
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _table_rows(rows: list[Row]) -> list[str]:
     """One table line per claim, without the head."""
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    return ["| " + " | ".join(cell(c) for c in (
+    return ["| " + " | ".join(_cell(c) for c in (
         f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
         f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else ""),
         f"`{row.experiment.command}`" if row.experiment.command else "")) + " |" for row in rows]
@@ -441,10 +454,42 @@ def scorecard_table(rows: list[Row]) -> str:
     return "\n".join([*TABLE_HEAD, *_table_rows(rows)])
 
 
+def _keep_unrerun_claims(experiment: Experiment, scored: list[Row], csv_rows: list[list[Any]], table_rows: list[str],
+                         old_lines: list[str]) -> None:
+    """An experiment rerun in parts: a claim with an arm that has no run yet keeps its row of the last
+    ``results.csv`` and of the last table (both marked ``KEPT``; the mark is added once), rather than
+    "not run". Only a missing run is bridged so: a claim that cannot be scored for another reason (its
+    runs differ in a setting it does not name) says so."""
+    path = experiment.folder / "results.csv"
+    if not path.is_file():
+        return
+    try:
+        old_csv = {row.get("claim_id"): row for row in csv.DictReader(path.open(encoding="utf-8"))}
+    except (csv.Error, UnicodeDecodeError):
+        return
+    for i, row in enumerate(scored):
+        old = old_csv.get(row.claim.id)
+        start = f"| [{experiment.name}]({experiment.name}/README.md) | {_cell(row.claim.claim)} |"
+        line = next((line for line in old_lines if line.startswith(start)), None)
+        if not row.missing_runs or old is None or line is None or not (old.get("value") or "").strip():
+            continue
+        print(f"prefixlab-report: {experiment.name}/{row.claim.id}: {row.note.removeprefix('not measured: ')}; "
+              "its row of the last scorecard is kept", file=sys.stderr)
+        note = old.get("note") or ""
+        csv_rows[i] = [old.get(column, "") for column in RESULT_COLUMNS]
+        csv_rows[i][RESULT_COLUMNS.index("note")] = note if note.startswith(KEPT) else f"{KEPT}; {note}"
+        verdict_cell = f"| **{old.get('verdict')}**"
+        if KEPT not in line and verdict_cell in line:
+            line = line.replace(verdict_cell, f"{verdict_cell} ({KEPT})", 1)
+        table_rows[i] = line
+
+
 def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 1000, seed: int = 0) -> Path:
-    """Score every ``<folder>/*/claims.yaml``; write each experiment's ``results.csv`` and ``runs/``
-    archive (when any of its claims was measured: an experiment not run keeps its file, and its rows of
-    the last table where it had some) and the table into ``<folder>/README.md``."""
+    """Score every ``<folder>/*/claims.yaml``; archive the runs each experiment's arms matched under
+    ``runs/``, write its ``results.csv`` (when any of its claims was measured: an experiment not run, or
+    rerun in parts with no claim complete yet, keeps its file and its rows of the last table; a claim
+    still waiting for a run of an arm keeps its last row, marked ``KEPT``) and the table into
+    ``<folder>/README.md``."""
     from prefixlab.sweeps.report import csv_text
 
     folder = Path(folder)
@@ -466,12 +511,22 @@ def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 100
             lines += kept
             continue
         scored = score_experiment(experiment, root, resamples, seed, jobs)
+        # every run an arm matched, a tuned arm's whole grid, and those of a claim still waiting for another arm
+        used = {id(job): job for _, arm in (t for claim in experiment.claims for t in claim.terms)
+                for job in matching_jobs(jobs, arm)}
+        archive_runs(experiment, list(used.values()), root)
+        if kept and all(row.estimate is None and row.missing_runs for row in scored):
+            # a rerun begun, none of its claims complete yet: its last rows stay as they were
+            print(f"prefixlab-report: {experiment.folder}: no claim has a run of each arm yet; its rows of the "
+                  "last scorecard are kept", file=sys.stderr)
+            lines += kept
+            continue
+        table_rows = _table_rows(scored)
         if any(row.estimate is not None for row in scored):
-            used = {id(job): job for _, arm in (t for claim in experiment.claims for t in claim.terms)
-                    for job in matching_jobs(jobs, arm)}
-            archive_runs(experiment, list(used.values()), root)
-            atomic_write_text(experiment.folder / "results.csv", csv_text(RESULT_COLUMNS, results_rows(scored)))
-        lines += _table_rows(scored)
+            csv_rows = results_rows(scored)
+            _keep_unrerun_claims(experiment, scored, csv_rows, table_rows, kept)
+            atomic_write_text(experiment.folder / "results.csv", csv_text(RESULT_COLUMNS, csv_rows))
+        lines += table_rows
     block = f"{START}\n" + "\n".join([*TABLE_HEAD, *lines]) + f"\n{END}"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else (
         "# Experiments: the paper's claims, tested\n\n"

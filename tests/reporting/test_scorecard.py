@@ -315,7 +315,7 @@ def test_a_rerun_in_parts_keeps_the_last_rows_of_claims_still_waiting_for_an_arm
     assert rows[1]["note"] == f"{KEPT}; {old_rows[1]['note']}"
     table = [line for line in first[1].splitlines() if line.startswith("| [main_table]")]
     assert table[1] == old_lines[1].replace("| **agrees**", f"| **agrees** ({KEPT})") and table[0] != old_lines[0]
-    assert "main_table/adapter: main_table/adapter: no completed run with method=adapter" in capsys.readouterr().err
+    assert "prefixlab-report: main_table/adapter: no completed run with method=adapter" in capsys.readouterr().err
     assert build() == first  # the mark is added once
     shutil.rmtree(tmp_path / "multirun")
     assert build() == first  # and a fresh clone rebuilds the same from the archive

@@ -473,7 +473,7 @@ def _keep_unrerun_claims(experiment: Experiment, scored: list[Row], csv_rows: li
         line = next((line for line in old_lines if line.startswith(start)), None)
         if not row.missing_runs or old is None or line is None or not (old.get("value") or "").strip():
             continue
-        print(f"prefixlab-report: {experiment.name}/{row.claim.id}: {row.note.removeprefix('not measured: ')}; "
+        print(f"prefixlab-report: {row.note.removeprefix('not measured: ')}; "
               "its row of the last scorecard is kept", file=sys.stderr)
         note = old.get("note") or ""
         csv_rows[i] = [old.get(column, "") for column in RESULT_COLUMNS]

@@ -249,6 +249,10 @@ def matching_jobs(jobs: list[Job], arm: dict[str, Any]) -> list[Job]:
             and all(matches(job, k, v) for k, v in arm.items())]
 
 
+class MissingRunsError(ReportError):
+    """An arm with no completed run yet (not a wrong claim or run): its claim's last row may be kept."""
+
+
 def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bleu") -> tuple[list[Predictions], str]:
     """The completed runs of one arm, ordered by their seed / subset (so arms pair by position); for a
     seed / subset run twice, the last sweep's run. A key given a list of values (``optim.lr: [5.0e-5,
@@ -273,10 +277,6 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
         by_repeat[tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)] = job
     ordered = sorted(by_repeat.items(), key=lambda item: tuple((as_number(v) or 0.0, v) for v in item[0]))
     return [read_predictions(job.path / "predictions.jsonl") for _, job in ordered], chosen
-
-
-class MissingRunsError(ReportError):
-    """An arm with no completed run yet (not a wrong claim or run): its claim's last row may be kept."""
 
 
 # ---- the runs' evidence, kept beside the claims ------------------------------------------------------

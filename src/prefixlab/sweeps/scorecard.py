@@ -377,7 +377,7 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
         where = f"{experiment.name}/{claim.id}"
         try:
             if not jobs:
-                raise ReportError(f"no sweep found under {', '.join(experiment.sweeps)} (run: {experiment.command})")
+                raise MissingRunsError(f"no sweep found under {', '.join(experiment.sweeps)} (run: {experiment.command})")
             found = [(weight, arm_runs(jobs, arm, where, claim.metric)) for weight, arm in claim.terms]
             arms = [(weight, runs) for weight, (runs, _) in found]
             estimate = contrast(arms, claim.metric, resamples=resamples, seed=seed)
@@ -504,21 +504,16 @@ def build_scorecard(folder: Path, root: Path | None = None, resamples: int = 100
         experiment = read_claims(path)
         jobs = experiment_jobs(experiment, root)
         kept = [line for line in old_lines if line.startswith(f"| [{experiment.name}]({experiment.name}/README.md) |")]
-        if not jobs and kept:
-            # no run here (a fresh clone before its archive existed): its last rows stay, not "not run"
-            print(f"prefixlab-report: {experiment.folder}: no run under {', '.join(experiment.sweeps)} or "
-                  f"{ARCHIVE}/; its rows of the last scorecard are kept", file=sys.stderr)
-            lines += kept
-            continue
         scored = score_experiment(experiment, root, resamples, seed, jobs)
         # every run an arm matched, a tuned arm's whole grid, and those of a claim still waiting for another arm
         used = {id(job): job for _, arm in (t for claim in experiment.claims for t in claim.terms)
                 for job in matching_jobs(jobs, arm)}
         archive_runs(experiment, list(used.values()), root)
         if kept and all(row.estimate is None and row.missing_runs for row in scored):
-            # a rerun begun, none of its claims complete yet: its last rows stay as they were
-            print(f"prefixlab-report: {experiment.folder}: no claim has a run of each arm yet; its rows of the "
-                  "last scorecard are kept", file=sys.stderr)
+            # no run here (a fresh clone before its archive existed), or a rerun begun with none of its
+            # claims complete yet: its last rows stay as they were, not "not run"
+            why = "no claim has a run of each arm yet" if jobs else f"no run under {', '.join(experiment.sweeps)} or {ARCHIVE}/"
+            print(f"prefixlab-report: {experiment.folder}: {why}; its rows of the last scorecard are kept", file=sys.stderr)
             lines += kept
             continue
         table_rows = _table_rows(scored)

@@ -247,7 +247,10 @@ def test_the_runs_an_arm_matched_are_archived_and_rebuild_the_same_results_witho
     assert sorted(p.parent.relative_to(archive).as_posix() for p in archive.rglob("metrics.json")) == [
         "2026-12-01_10-00-00/0", "2026-12-01_10-00-00/1", "2026-12-01_10-00-00/2"]  # the whole grid; not the adapter
     kept_rows = [json.loads(line) for line in (archive / "2026-12-01_10-00-00" / "0" / "predictions.jsonl").open()]
-    assert len(kept_rows) == len(REFERENCES) and {tuple(row) for row in kept_rows} == {("id", "prediction", "references")}
+    assert len(kept_rows) == len(REFERENCES) and {tuple(row) for row in kept_rows} == {("id", "prediction")}
+    # the references every run shares are kept once, beside the runs
+    shared = [json.loads(line) for line in (archive / "references.jsonl").open()]
+    assert shared == [{"id": f"e2e-{i:03d}", "references": list(refs)} for i, refs in enumerate(REFERENCES)]
     assert build() == first
     # a run redone into the same folder: the live run is read (not its stale archived copy) and re-archived
     live = tmp_path / "multirun" / "experiments" / "main_table" / "2026-12-01_10-00-00" / "2"

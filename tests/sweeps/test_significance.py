@@ -95,6 +95,31 @@ def test_different_test_inputs_are_one_error_line_naming_both_files(tmp_path):
         read_predictions(tmp_path / "dup.jsonl")
 
 
+def test_rows_without_references_take_them_from_the_archives_shared_file(tmp_path):
+    """An archive keeps an experiment's references once (runs/references.jsonl): a run read from it
+    is the same run as the original file; a missing or incomplete shared file is one error line."""
+    original = write_run(tmp_path / "live" / "predictions.jsonl", mixed(0.6, 5), shuffle=1)
+    archive = tmp_path / "runs"
+    (archive / "sweep" / "0").mkdir(parents=True)
+    rows = [json.loads(line) for line in (tmp_path / "live" / "predictions.jsonl").read_text().splitlines()]
+    (archive / "references.jsonl").write_text("".join(json.dumps({"id": r["id"], "references": r["references"]}) + "\n"
+                                                      for r in sorted(rows, key=lambda r: r["id"])))
+    # the last row keeps its own references (they differ from the shared file's), the others none
+    rows[-1]["references"] = ["its own reference ."]
+    (archive / "sweep" / "0" / "predictions.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "references" or r is rows[-1]}) + "\n" for r in rows))
+    restored = read_predictions(archive / "sweep" / "0")
+    assert restored.ids == original.ids and restored.predictions == original.predictions
+    assert restored.references[:-1] == original.references[:-1] and restored.references[-1] == ("its own reference .",)
+    shared = (archive / "references.jsonl").read_text().splitlines()
+    (archive / "references.jsonl").write_text("\n".join(shared[1:]) + "\n")
+    with pytest.raises(SignificanceError, match=r"has no 'references' and .*runs/references.jsonl has none for id 'e2e-000'"):
+        read_predictions(archive / "sweep" / "0")
+    (archive / "references.jsonl").unlink()
+    with pytest.raises(SignificanceError, match=r"no 'references' and a references.jsonl in a folder above it has none"):
+        read_predictions(archive / "sweep" / "0")
+
+
 def test_arms_of_several_seeds_average_their_runs_and_widen_the_interval(tmp_path):
     """Seed noise belongs in the interval: two runs of B that disagree widen the interval of A - B
     against one run of B alone; with resample_runs=False only the test inputs are resampled."""

@@ -103,22 +103,17 @@ def read_outputs(path: Path) -> list[str]:
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
-    """A prefixlab ``predictions.jsonl``: each row's ``prediction`` and ``references``."""
-    outputs, references = [], []
-    for number, line in enumerate(_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prediction, refs = row["prediction"], tuple(row["references"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise ScoreInputError(f"{path} line {number}: not a predictions.jsonl row with 'prediction' and "
-                                  f"'references' ({type(error).__name__}: {error})") from None
-        if not isinstance(prediction, str) or not refs or not all(isinstance(r, str) for r in refs):
-            raise ScoreInputError(f"{path} line {number}: 'prediction' must be text and 'references' a non-empty list of text")
-        outputs.append(prediction.strip())
-        references.append(tuple(r.strip() for r in refs))
-    return outputs, references
+    """A prefixlab ``predictions.jsonl``, a live run's or an archived one's (whose references are kept
+    once in its experiment's ``runs/references.jsonl``): each row's ``prediction`` and ``references``."""
+    from prefixlab.sweeps.significance import SignificanceError
+    from prefixlab.sweeps.significance import read_predictions as read_run
+
+    _text_lines(path)  # unreadable, not UTF-8 or empty: one error naming the file (and the line)
+    try:
+        run = read_run(path)
+    except SignificanceError as error:
+        raise ScoreInputError(str(error)) from None
+    return list(run.predictions), list(run.references)
 
 
 def check_counts(refs_path: Path, references: list[tuple[tuple[str, ...], int]], sys_path: Path, outputs: list[str]) -> None:

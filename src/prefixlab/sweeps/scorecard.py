@@ -52,10 +52,10 @@ from typing import Any
 
 import yaml
 
-from prefixlab.run.artifacts import atomic_replace_dir, atomic_write_text
+from prefixlab.run.artifacts import atomic_replace_dir, atomic_write_jsonl, atomic_write_text
 from prefixlab.sweeps.jobs import Job, ReportError, as_number, find_jobs, is_job_dir, read_job
-from prefixlab.sweeps.significance import (Estimate, Predictions, Spread, contrast, corpus_value, get_metric, read_predictions,
-                                           seed_spread)
+from prefixlab.sweeps.significance import (SHARED_REFERENCES, Estimate, Predictions, Spread, contrast, corpus_value, get_metric,
+                                           read_predictions, read_references, seed_spread)
 from prefixlab.sweeps.table import REPEAT_KEYS, as_text
 
 EXPECTS = ("greater", "less", "not_less", "equivalent")
@@ -316,18 +316,38 @@ def experiment_jobs(experiment: Experiment, root: Path) -> list[Job]:
 
 def archive_runs(experiment: Experiment, jobs: list[Job], root: Path) -> list[Path]:
     """Copy each live run's evidence to ``<experiment>/runs/<key>/`` (each folder swapped in whole,
-    so an interrupted copy leaves the previous one); runs read from the archive are left as they are."""
+    so an interrupted copy leaves the previous one); runs read from the archive are left as they are.
+
+    The references, the same in every run of an experiment (its one test set) and most of a run's
+    predictions file on E2E, are kept once in ``runs/references.jsonl``; a run's row keeps its own
+    only where they differ from that file's. The file only grows (an id's first references stay), and
+    it is written before the runs that rely on it."""
     archive = (experiment.folder / ARCHIVE).resolve()
-    written = []
-    for job in jobs:
-        if archive in job.path.resolve().parents:
-            continue
+    live = [job for job in jobs if archive not in job.path.resolve().parents]
+    if not live:
+        return []
+    shared_file = archive / SHARED_REFERENCES
+    shared = read_references(shared_file) if shared_file.is_file() else {}
+    known = len(shared)
+    runs_rows = []
+    for job in live:
         rows = []
         for line in (job.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
                 rows.append({k: row[k] for k in _PREDICTION_KEYS if k in row})
+        for row in rows:
+            if "references" in row:
+                refs = shared.setdefault(str(row["id"]), tuple(row["references"]))
+                if refs == tuple(row["references"]):
+                    del row["references"]
+        runs_rows.append(rows)
+    if len(shared) > known:
+        archive.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(shared_file, [{"id": example_id, "references": list(refs)} for example_id, refs in sorted(shared.items())])
 
+    written = []
+    for job, rows in zip(live, runs_rows):
         def fill(folder: Path, job: Job = job, rows: list[dict] = rows) -> None:
             (folder / ".hydra").mkdir()
             for name in ("config.yaml", "overrides.yaml"):

@@ -62,23 +62,65 @@ class Predictions:
                            tuple(self.references[i] for i in rows))
 
 
+SHARED_REFERENCES = "references.jsonl"  # beside archived runs (experiments/<name>/runs/): each input's references once
+
+
+def read_references(path: Union[str, Path]) -> dict[str, tuple[str, ...]]:
+    """A ``references.jsonl`` (rows ``{"id": ..., "references": [...]}``): each test input's references."""
+    path = Path(path)
+    references: dict[str, tuple[str, ...]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            example_id, refs = str(row["id"]), tuple(row["references"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise SignificanceError(f"{path} line {number}: not a references.jsonl row with 'id' and 'references' "
+                                    f"({type(error).__name__}: {error})") from None
+        if not refs or not all(isinstance(r, str) for r in refs):
+            raise SignificanceError(f"{path} line {number}: 'references' must be a non-empty list of text")
+        references[example_id] = refs
+    return references
+
+
+def _shared_references(predictions_file: Path) -> tuple[Path | None, dict[str, tuple[str, ...]]]:
+    """The nearest ``references.jsonl`` in a folder above a run's predictions (where an archive keeps
+    the references its runs share), read; (None, {}) when there is none."""
+    for folder in predictions_file.resolve().parents:
+        if (folder / SHARED_REFERENCES).is_file():
+            return folder / SHARED_REFERENCES, read_references(folder / SHARED_REFERENCES)
+    return None, {}
+
+
 def read_predictions(path: Union[str, Path]) -> Predictions:
-    """A run's ``predictions.jsonl`` (or its folder): every row needs ``id``, ``prediction``, ``references``."""
+    """A run's ``predictions.jsonl`` (or its folder): every row needs ``id``, ``prediction`` and
+    ``references``; a row without ``references`` takes its input's from the nearest ``references.jsonl``
+    in a folder above (how an experiment's archive stores the references its runs share, once)."""
     path = Path(path)
     if path.is_dir():
         path = path / "predictions.jsonl"
     if not path.is_file():
         raise SignificanceError(f"{path}: no such file; give a run folder or its predictions.jsonl")
     ids, predictions, references = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    shared: tuple[Path | None, dict[str, tuple[str, ...]]] | None = None  # read at the first row that needs it
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            example_id, prediction, refs = str(row["id"]), row["prediction"], tuple(row["references"])
+            example_id, prediction = str(row["id"]), row["prediction"]
+            refs = tuple(row["references"]) if "references" in row else None
         except (ValueError, KeyError, TypeError) as error:
             raise SignificanceError(f"{path} line {number}: not a predictions.jsonl row with 'id', 'prediction' and "
                                     f"'references' ({type(error).__name__}: {error})") from None
+        if refs is None:
+            shared = shared or _shared_references(path)
+            if example_id not in shared[1]:
+                where = shared[0] or f"a {SHARED_REFERENCES} in a folder above it"
+                raise SignificanceError(f"{path} line {number}: the row has no 'references' and {where} has none for id "
+                                        f"{example_id!r}; restore the archive's {SHARED_REFERENCES} (git checkout)")
+            refs = shared[1][example_id]
         if not isinstance(prediction, str) or not refs or not all(isinstance(r, str) for r in refs):
             raise SignificanceError(f"{path} line {number}: 'prediction' must be text and 'references' a non-empty list of text")
         ids.append(example_id)

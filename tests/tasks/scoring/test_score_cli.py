@@ -119,3 +119,10 @@ def test_a_runs_predictions_jsonl_is_scored_with_its_references(tmp_path, capsys
     broken = _write(tmp_path / "broken.jsonl", json.dumps(rows[0]) + "\n{\"prediction\": 3}\n")
     with pytest.raises(SystemExit, match=r"broken.jsonl line 2: not a predictions.jsonl row"):
         score.main([str(broken)])
+    # an archived run (experiments/<name>/runs/): its rows' references are the experiment's, kept once
+    (tmp_path / "runs" / "sweep" / "0").mkdir(parents=True)
+    _write(tmp_path / "runs" / "references.jsonl", "".join(json.dumps({"id": r["id"], "references": r["references"]}) + "\n"
+                                                          for r in rows))
+    archived = _write(tmp_path / "runs" / "sweep" / "0" / "predictions.jsonl",
+                      "".join(json.dumps({"id": r["id"], "prediction": r["prediction"]}) + "\n" for r in rows))
+    assert _scores(capsys, archived) == pytest.approx(_scores(capsys, predictions))

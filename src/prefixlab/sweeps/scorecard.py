@@ -335,12 +335,11 @@ def archive_runs(experiment: Experiment, jobs: list[Job], root: Path) -> list[Pa
         for line in (job.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows.append({k: row[k] for k in _PREDICTION_KEYS if k in row})
-        for row in rows:
-            if "references" in row:
-                refs = shared.setdefault(str(row["id"]), tuple(row["references"]))
-                if refs == tuple(row["references"]):
+                row = {k: row[k] for k in _PREDICTION_KEYS if k in row}
+                # the references go to the shared file; the row keeps them only where they differ from it
+                if "references" in row and shared.setdefault(str(row["id"]), tuple(row["references"])) == tuple(row["references"]):
                     del row["references"]
+                rows.append(row)
         runs_rows.append(rows)
     if len(shared) > known:
         archive.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,39 @@ def test_a_learning_rate_grid_is_tuned_per_arm_on_validation_never_on_test(tmp_p
     assert "method=infix: optim.lr=0.0005 (the only setting run, not tuned; val/bleu 30)" in rows["mlp_beats_infix"]["note"]
 
 
+def test_a_claims_file_scored_with_claims_prints_its_table_at_a_fixed_setting_and_writes_nothing(tmp_path, capsys):
+    """--claims: the arms at one fixed rate (not tuned on validation), printed; no results.csv, runs/ or README."""
+    experiments = tmp_path / "experiments"
+    make_sweep(tmp_path, "initialization", [
+        ({"method": "prefix", "optim.lr": 5e-5, "_metrics": {"val/bleu": 10.0}}, predictions(0.9, 1)),
+        ({"method": "prefix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 50.0}}, predictions(0.2, 2)),
+        ({"method": "infix", "optim.lr": 5e-5, "_metrics": {"val/bleu": 10.0}}, predictions(0.1, 3)),
+        ({"method": "infix", "optim.lr": 5e-4, "_metrics": {"val/bleu": 50.0}}, predictions(0.85, 4)),
+    ])
+    write_claims(experiments, "initialization", [
+        {"id": "low", "claim": "prefix - infix at 5e-5", "paper": "not a paper claim", "expect": "greater",
+         "a": {"method": "prefix", "optim.lr": 5e-5}, "b": {"method": "infix", "optim.lr": 5e-5}},
+        {"id": "tuned", "claim": "prefix - infix, tuned", "paper": "not a paper claim", "expect": "greater",
+         "a": {"method": "prefix", "optim.lr": "tuned"}, "b": {"method": "infix", "optim.lr": "tuned"}}])
+    readings = experiments / "initialization" / "readings.yaml"
+    (experiments / "initialization" / "claims.yaml").rename(readings)
+    main(["--claims", str(readings)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| comparison | ours (A - B, 95% interval) | p |")
+    low = next(line for line in lines if line.startswith("| prefix - infix at 5e-5 |"))
+    tuned = next(line for line in lines if line.startswith("| prefix - infix, tuned |"))
+    # at 5e-5 the prefix is far ahead; tuned on validation both take 5e-4, where infix is ahead
+    assert "| agrees |" in low and "(n=35) |" in low and "method=prefix, optim.lr=5e-05: " in low
+    assert "| disagrees |" in tuned and "method=prefix: optim.lr=0.0005 (chosen on val/bleu 50 of 2 settings)" in tuned
+    assert sorted(p.name for p in (experiments / "initialization").iterdir()) == ["readings.yaml"]
+    assert not (experiments / "README.md").exists()
+    with pytest.raises(SystemExit, match=r"prefixlab-report: error: .*nothing.yaml: no such claims file"):
+        main(["--claims", str(experiments / "initialization" / "nothing.yaml")])
+    with pytest.raises(SystemExit):
+        main(["--claims", str(readings), "--scorecard", str(experiments)])
+    assert "give no sweep folders, --newest or --scorecard" in capsys.readouterr().err
+
+
 def test_a_wrong_claims_file_is_one_error_line_naming_it(tmp_path):
     write_claims(tmp_path, "bad", [{"id": "c1", "claim": "x", "paper": "1", "expect": "bigger", "a": {}, "b": {}}])
     with pytest.raises(ReportError, match=r"bad/claims.yaml: claim c1: expect='bigger'; choose one of greater, less"):
@@ -172,9 +205,10 @@ def test_a_wrong_claims_file_is_one_error_line_naming_it(tmp_path):
 
 
 def test_the_projects_claims_files_parse_and_name_known_metrics():
-    files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*/claims.yaml"))
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    files = sorted(experiments.glob("*/claims.yaml"))
     assert len(files) >= 6
-    for path in files:
+    for path in [*files, *sorted(experiments.glob("*/readings.yaml"))]:  # readings: prefixlab-report --claims FILE
         experiment = read_claims(path)
         assert experiment.claims and experiment.command.startswith("prefixlab-train")
         assert all(claim.paper for claim in experiment.claims)
@@ -358,3 +392,24 @@ def test_each_committed_results_csv_is_what_its_committed_runs_rebuild(tmp_path)
             wrong = [k for k in expected if not same(got[k], expected[k])]
             assert not wrong, (name, expected["claim_id"], {k: (got[k], expected[k]) for k in wrong})
     assert readme.read_text() == (project / "README.md").read_text()  # rounded figures: exactly
+
+
+def test_each_committed_readings_file_prints_the_figures_its_readme_quotes(tmp_path, capsys):
+    """experiments/<name>/readings.yaml (comparisons outside the scorecard) scored with --claims on the
+    committed runs alone (no multirun/: the runs root is an empty folder): each comparison's figure,
+    e.g. "+12.9 [+10.5, +15.1]", is in that experiment's README. Fails when the README's reading is
+    edited by hand or goes stale against its runs."""
+    project = Path(__file__).resolve().parents[2] / "experiments"
+    files = sorted(p for p in project.glob("*/readings.yaml") if (p.parent / "runs").is_dir())
+    if not files:
+        pytest.skip("no experiment has a readings.yaml beside committed runs yet")
+    for path in files:
+        main(["--claims", str(path), "--runs-root", str(tmp_path)])
+        lines = [line for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("| ")]
+        assert len(lines) == len(read_claims(path).claims), path
+        readme = (path.parent / "README.md").read_text(encoding="utf-8")
+        for line in lines:
+            ours = line.split(" | ")[1]
+            assert "not run" not in ours, (path, line)
+            interval = ours.split(": ", 1)[1].split(" BLEU")[0].split(" ROUGE")[0]  # "+12.9 [+10.5, +15.1]"
+            assert interval in readme, (path.parent.name, line.split(" | ")[0], interval)

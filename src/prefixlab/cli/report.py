@@ -4,13 +4,17 @@
     prefixlab-report 'multirun/2026-11-28/*' --out reports/prefix_len   # several sweeps, one report
     prefixlab-report --newest multirun                                  # the newest sweep under multirun/ (make report)
     prefixlab-report --scorecard experiments/                           # the paper's claims: experiments/README.md
+    prefixlab-report --claims experiments/initialization/readings.yaml  # other comparisons: printed, nothing written
 
 Reads every job folder of the sweeps and writes ``report.md``, ``report.csv`` and the plots
 (``prefixlab.sweeps.report.build_report``). Failed and unfinished jobs are rows with their status;
 they never stop the report. ``--scorecard`` reads each ``experiments/<name>/claims.yaml``, compares
 its arms by a paired bootstrap over the test inputs and writes each ``results.csv``, the evidence of
 the runs it read (``experiments/<name>/runs/``, committed: a fresh clone rebuilds the table from it)
-and the scorecard table of ``experiments/README.md`` (``prefixlab.sweeps.scorecard``).
+and the scorecard table of ``experiments/README.md`` (``prefixlab.sweeps.scorecard``). ``--claims FILE``
+scores one claims file of any name the same way (the same runs, the same paired bootstrap) and only
+prints its table: comparisons a README reads off a grid that are not the paper's claims, e.g. two arms
+at one fixed learning rate.
 """
 
 from __future__ import annotations
@@ -53,9 +57,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scorecard", type=Path, metavar="EXPERIMENTS",
                         help="score the claims.yaml of every experiment under EXPERIMENTS (e.g. experiments/): writes "
                         "each <name>/results.csv and the table of EXPERIMENTS/README.md")
+    parser.add_argument("--claims", type=Path, metavar="FILE",
+                        help="score one claims file (any name, beside its experiment's runs/, e.g. "
+                        "experiments/initialization/readings.yaml) and print its table; writes nothing")
     parser.add_argument("--runs-root", type=Path, metavar="ROOT",
-                        help="with --scorecard: where the claims' sweep paths start (default: the folder above EXPERIMENTS)")
+                        help="with --scorecard or --claims: where the claims' sweep paths start (default: the folder "
+                        "above EXPERIMENTS; for --claims FILE, the folder above FILE's experiments folder)")
     args = parser.parse_args(argv)
+    if args.claims is not None:
+        if args.sweeps or args.newest or args.scorecard is not None:
+            parser.error("--claims reads the sweeps its file names: give no sweep folders, --newest or --scorecard")
+        from prefixlab.sweeps.scorecard import comparisons_table, read_claims, score_experiment
+
+        try:
+            if not args.claims.is_file():
+                raise ReportError(f"{args.claims}: no such claims file")
+            experiment = read_claims(args.claims)
+            # experiments/<name>/FILE: its sweep paths start at the project root, as the scorecard's do
+            root = args.runs_root if args.runs_root is not None else args.claims.resolve().parent.parent.parent
+            print(comparisons_table(score_experiment(experiment, root)))
+        except (ReportError, OSError) as error:
+            sys.exit(f"prefixlab-report: error: {error}")
+        return
     if args.scorecard is not None:
         if args.sweeps or args.newest:
             parser.error("--scorecard reads the sweeps its claims.yaml files name: give no sweep folders or --newest")

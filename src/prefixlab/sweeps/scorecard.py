@@ -375,6 +375,7 @@ class Row:
     verdict: str
     note: str
     missing_runs: bool = False  # an arm has no completed run yet
+    choices: list[str] = field(default_factory=list)  # each tuned arm's chosen setting (also in the note)
 
     @property
     def arm_values(self) -> list[float]:
@@ -410,7 +411,7 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
                   for (_, arm), (_, (_, choice)) in zip(claim.terms, found) if choice]
         if chosen:
             note += "; " + "; ".join(chosen)
-        rows.append(Row(experiment, claim, estimate, spreads, result, note))
+        rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen))
     return rows
 
 
@@ -471,6 +472,24 @@ def _table_rows(rows: list[Row]) -> list[str]:
 
 def scorecard_table(rows: list[Row]) -> str:
     return "\n".join([*TABLE_HEAD, *_table_rows(rows)])
+
+
+COMPARISONS_HEAD = ("| comparison | ours (A - B, 95% interval) | p | detectable at 80% power | verdict against `expect` | arms and settings |",
+                    "|---|---|---|---|---|---|")
+
+
+def comparisons_table(rows: list[Row]) -> str:
+    """The rows of one claims file scored outside the scorecard (``prefixlab-report --claims FILE``):
+    comparisons a README reads off a grid, such as two arms at one fixed learning rate, each with the
+    same paired bootstrap as a scorecard claim."""
+    lines = list(COMPARISONS_HEAD)
+    for row in rows:
+        e = row.estimate
+        p_value = f"{e.p_value:.3f}" if e else ""
+        mde = f"{e.mde:.1f}" if e and e.mde is not None and math.isfinite(e.mde) else ""
+        settings = row.note if e is None else "; ".join([_arms_text(row), *row.choices])
+        lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde, row.verdict if e else "", settings)) + " |")
+    return "\n".join(lines)
 
 
 def _keep_unrerun_claims(experiment: Experiment, scored: list[Row], csv_rows: list[list[Any]], table_rows: list[str],

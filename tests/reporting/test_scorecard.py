@@ -14,7 +14,7 @@ import yaml
 
 from prefixlab.cli.report import main
 from prefixlab.sweeps.jobs import ReportError, as_number
-from prefixlab.sweeps.scorecard import END, START, build_scorecard, read_claims, verdict
+from prefixlab.sweeps.scorecard import END, ONE_RUN, START, build_scorecard, read_claims, verdict
 from prefixlab.sweeps.significance import Estimate
 
 from .conftest import make_job
@@ -109,6 +109,8 @@ def test_the_scorecard_writes_results_csv_and_the_readme_table(tmp_path):
     assert text.startswith("# Experiments\n\nKept prose.") and text.endswith("More prose.\n") and "old table" not in text
     assert "| [not_run_yet](not_run_yet/README.md) | a claim | 1.0 | not run | **unresolved** (not measured: no sweep found" in text
     assert "`prefixlab-train -m experiment=main_table`" in text and "**agrees**" in text and "(n=35, 4 runs)" in text
+    # arms with two runs each (seeds or subsets): training noise is in the interval, no mark
+    assert ONE_RUN not in rows[0]["note"] and "(one run per arm)" not in text
 
 
 def test_arms_pair_runs_by_subset_and_a_setting_left_out_of_an_arm_is_one_error(tmp_path):
@@ -181,8 +183,8 @@ def test_a_claims_file_scored_with_claims_prints_its_table_at_a_fixed_setting_an
     low = next(line for line in lines if line.startswith("| prefix - infix at 5e-5 |"))
     tuned = next(line for line in lines if line.startswith("| prefix - infix, tuned |"))
     # at 5e-5 the prefix is far ahead; tuned on validation both take 5e-4, where infix is ahead
-    assert "| agrees |" in low and "(n=35) |" in low and "method=prefix, optim.lr=5e-05: " in low
-    assert "| disagrees |" in tuned and "method=prefix: optim.lr=0.0005 (chosen on val/bleu 50 of 2 settings)" in tuned
+    assert "| agrees (one run per arm) |" in low and "(n=35) |" in low and "method=prefix, optim.lr=5e-05: " in low
+    assert "| disagrees (one run per arm) |" in tuned and "method=prefix: optim.lr=0.0005 (chosen on val/bleu 50 of 2 settings)" in tuned
     assert sorted(p.name for p in (experiments / "initialization").iterdir()) == ["readings.yaml"]
     assert not (experiments / "README.md").exists()
     with pytest.raises(SystemExit, match=r"prefixlab-report: error: .*nothing.yaml: no such claims file"):
@@ -236,9 +238,11 @@ def test_an_arm_run_alone_beside_the_sweep_is_found_and_a_sweeps_own_jobs_are_no
     write_claims(experiments, "main_table", [{"id": "p", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
                                               "a": {"method": "prefix"}, "b": {"method": "finetune"}}],
                  sweeps=["multirun/experiments/main_table"])
-    build_scorecard(experiments, resamples=200)
+    readme = build_scorecard(experiments, resamples=200)
     row = next(csv.DictReader((experiments / "main_table" / "results.csv").open()))
     assert row["verdict"] == "agrees" and row["runs"] == "2", row["note"]
+    # one training run per arm: the verdict says its interval lacks the training noise, in results.csv and the table
+    assert ONE_RUN in row["note"] and "| **agrees** (one run per arm) |" in readme.read_text()
 
 
 def test_an_experiment_whose_only_sweep_was_refused_is_not_measured(tmp_path):

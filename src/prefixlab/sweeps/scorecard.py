@@ -64,6 +64,10 @@ RESULT_COLUMNS = ["claim_id", "claim", "quantity", "metric", "n_test", "runs", "
                   "mde", "paper", "paper_effect", "verdict", "note", "arms"]
 # the mark of a claim's row kept from the last scorecard while an arm of it has no run (a rerun in parts)
 KEPT = "earlier runs, kept until this claim's arms are rerun"
+# the mark of a verdict whose arms have one training run each: its interval resamples the test inputs only,
+# and two runs of one setting that differ in nothing but float rounding can end several points apart
+# (measured: experiments/prefix_length/README.md), so an "agrees" or "disagrees" may not survive a rerun
+ONE_RUN = "one run per arm: the interval holds the test set's noise, not the training run's"
 START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
 
 
@@ -375,6 +379,7 @@ class Row:
     verdict: str
     note: str
     missing_runs: bool = False  # an arm has no completed run yet
+    one_run_per_arm: bool = False  # no arm has a second seed or subset: training noise is not in the interval
     choices: list[str] = field(default_factory=list)  # each tuned arm's chosen setting (also in the note)
 
     @property
@@ -409,9 +414,12 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
         result, note = verdict(estimate, claim.expect, claim.margin, claim.paper_effect)
         chosen = [f"{_describe({k: v for k, v in arm.items() if not _is_tuned(v)})}: {choice}"
                   for (_, arm), (_, (_, choice)) in zip(claim.terms, found) if choice]
+        one_run = all(len(runs) == 1 for _, runs in arms)
+        if one_run:
+            note += f"; {ONE_RUN}"
         if chosen:
             note += "; " + "; ".join(chosen)
-        rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen))
+        rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen, one_run_per_arm=one_run))
     return rows
 
 
@@ -466,7 +474,7 @@ def _table_rows(rows: list[Row]) -> list[str]:
     """One table line per claim, without the head."""
     return ["| " + " | ".join(_cell(c) for c in (
         f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
-        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else ""),
+        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else " (one run per arm)" if row.one_run_per_arm else ""),
         f"`{row.experiment.command}`" if row.experiment.command else "")) + " |" for row in rows]
 
 
@@ -488,7 +496,9 @@ def comparisons_table(rows: list[Row]) -> str:
         p_value = f"{e.p_value:.3f}" if e else ""
         mde = f"{e.mde:.1f}" if e and e.mde is not None and math.isfinite(e.mde) else ""
         settings = row.note if e is None else "; ".join([_arms_text(row), *row.choices])
-        lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde, row.verdict if e else "", settings)) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde,
+                                                               (row.verdict + (" (one run per arm)" if row.one_run_per_arm else "")) if e else "",
+                                                               settings)) + " |")
     return "\n".join(lines)
 
 

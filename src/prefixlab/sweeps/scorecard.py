@@ -68,6 +68,7 @@ KEPT = "earlier runs, kept until this claim's arms are rerun"
 # and two runs of one setting that differ in nothing but float rounding can end several points apart
 # (measured: experiments/prefix_length/README.md), so an "agrees" or "disagrees" may not survive a rerun
 ONE_RUN = "one run per arm: the interval holds the test set's noise, not the training run's"
+ONE_RUN_MARK = "(one run per arm)"  # beside an agrees / disagrees in a table
 START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
 
 
@@ -474,7 +475,7 @@ def _table_rows(rows: list[Row]) -> list[str]:
     """One table line per claim, without the head."""
     return ["| " + " | ".join(_cell(c) for c in (
         f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
-        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else " (one run per arm)" if row.one_run_per_arm else ""),
+        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else f" {ONE_RUN_MARK}" if row.one_run_per_arm else ""),
         f"`{row.experiment.command}`" if row.experiment.command else "")) + " |" for row in rows]
 
 
@@ -497,7 +498,7 @@ def comparisons_table(rows: list[Row]) -> str:
         mde = f"{e.mde:.1f}" if e and e.mde is not None and math.isfinite(e.mde) else ""
         settings = row.note if e is None else "; ".join([_arms_text(row), *row.choices])
         lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde,
-                                                               (row.verdict + (" (one run per arm)" if row.one_run_per_arm else "")) if e else "",
+                                                               (row.verdict + (f" {ONE_RUN_MARK}" if row.one_run_per_arm else "")) if e else "",
                                                                settings)) + " |")
     return "\n".join(lines)
 

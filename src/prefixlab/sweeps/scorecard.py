@@ -380,8 +380,17 @@ class Row:
     verdict: str
     note: str
     missing_runs: bool = False  # an arm has no completed run yet
-    one_run_per_arm: bool = False  # no arm has a second seed or subset: training noise is not in the interval
     choices: list[str] = field(default_factory=list)  # each tuned arm's chosen setting (also in the note)
+
+    @property
+    def one_run_per_arm(self) -> bool:
+        """No arm has a second seed or subset (every arm has at least one run): training noise is not in the interval."""
+        return self.estimate is not None and self.estimate.runs == len(self.claim.terms)
+
+    @property
+    def mark(self) -> str:
+        """What a table shows beside an agrees / disagrees."""
+        return f" {ONE_RUN_MARK}" if self.one_run_per_arm else ""
 
     @property
     def arm_values(self) -> list[float]:
@@ -415,12 +424,11 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
         result, note = verdict(estimate, claim.expect, claim.margin, claim.paper_effect)
         chosen = [f"{_describe({k: v for k, v in arm.items() if not _is_tuned(v)})}: {choice}"
                   for (_, arm), (_, (_, choice)) in zip(claim.terms, found) if choice]
-        one_run = all(len(runs) == 1 for _, runs in arms)
-        if one_run:
+        if all(len(runs) == 1 for _, runs in arms):
             note += f"; {ONE_RUN}"
         if chosen:
             note += "; " + "; ".join(chosen)
-        rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen, one_run_per_arm=one_run))
+        rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen))
     return rows
 
 
@@ -451,7 +459,7 @@ def _ours(row: Row) -> str:
     if e is None:
         return "not run"
     arms = " vs ".join(f"{v:.1f}" for v in row.arm_values) + ": " if len(row.arm_values) == 2 else ""
-    runs = "" if e.runs == len(row.claim.terms) else f", {e.runs} runs"
+    runs = "" if row.one_run_per_arm else f", {e.runs} runs"
     return f"{arms}{e.value:+.1f} [{e.ci_low:+.1f}, {e.ci_high:+.1f}] {get_metric(row.claim.metric).unit} (n={e.n_test}{runs})"
 
 
@@ -475,7 +483,7 @@ def _table_rows(rows: list[Row]) -> list[str]:
     """One table line per claim, without the head."""
     return ["| " + " | ".join(_cell(c) for c in (
         f"[{row.experiment.name}]({row.experiment.name}/README.md)", row.claim.claim, row.claim.paper, _ours(row),
-        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else f" {ONE_RUN_MARK}" if row.one_run_per_arm else ""),
+        f"**{row.verdict}**" + (f" ({row.note})" if row.verdict == "unresolved" else row.mark),
         f"`{row.experiment.command}`" if row.experiment.command else "")) + " |" for row in rows]
 
 
@@ -497,9 +505,8 @@ def comparisons_table(rows: list[Row]) -> str:
         p_value = f"{e.p_value:.3f}" if e else ""
         mde = f"{e.mde:.1f}" if e and e.mde is not None and math.isfinite(e.mde) else ""
         settings = row.note if e is None else "; ".join([_arms_text(row), *row.choices])
-        lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde,
-                                                               (row.verdict + (f" {ONE_RUN_MARK}" if row.one_run_per_arm else "")) if e else "",
-                                                               settings)) + " |")
+        verdict_text = row.verdict + row.mark if e else ""
+        lines.append("| " + " | ".join(_cell(c) for c in (row.claim.claim, _ours(row), p_value, mde, verdict_text, settings)) + " |")
     return "\n".join(lines)
 
 

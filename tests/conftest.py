@@ -72,3 +72,16 @@ def tiny_models():
     import tiny_models
 
     return tiny_models
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_config_from_another_test():
+    """Hydra keeps the running job's config in a process-wide singleton (HydraConfig), which an
+    in-process Hydra run leaves set. A later test on the same xdist worker that calls ``train``
+    directly would read it (``train`` asks it whether it runs in a sweep) and fail, depending on
+    which test files that worker happened to run before. Each test starts and ends without one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+    yield
+    HydraConfig.instance().cfg = None

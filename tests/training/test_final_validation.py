@@ -1,15 +1,17 @@
-"""A single run validates its exported weights once: where ``fit`` validated at its last step, the
-final validation metrics are that validation's, equal to what a second ``trainer.validate`` gives
-(the reference: the same run with the reuse turned off); elsewhere it still validates after fit.
+"""A single run validates its exported weights once: where ``fit`` validated the exported step (the
+last one, or the best one with ``export.checkpoint=best``), the final validation metrics are that
+validation's, equal to what a second ``trainer.validate`` gives (the reference: the same run with
+the reuse turned off), and nothing is logged a second time; elsewhere it still validates after fit.
 In-process runs of the tiny model."""
 
+import csv
 import json
 
 import pytest
 import pytorch_lightning as pl
 
 from prefixlab.cli.train import train
-from prefixlab.training.final_validation import LastFitValidation
+from prefixlab.training.final_validation import FitValidations
 
 from pipeline.helpers import TINY_CLI
 from training.test_early_stopping import compose_train
@@ -42,7 +44,7 @@ def test_the_last_validation_of_fit_is_reused_and_equals_a_second_validation(tmp
     assert val_metrics(json.loads((tmp_path / "reused" / "metrics.json").read_text())) == val_metrics(reused)
 
     # the reference: the same run (same seed), validating again after fit as before
-    monkeypatch.setattr(LastFitValidation, "metrics_at", lambda self, step: None)
+    monkeypatch.setattr(FitValidations, "metrics_at", lambda self, step: None)
     validated = train(compose_train(VALIDATES_AT_THE_END), tmp_path / "validated")
     assert validate_calls == [3]
     assert val_metrics(reused) == val_metrics(validated)  # every val/* key, exactly
@@ -56,8 +58,36 @@ def test_a_run_whose_fit_did_not_validate_at_its_last_step_validates_after_it(tm
     assert validate_calls == [3] and "val/rougeL" in metrics
 
 
-def test_the_callback_keeps_only_a_validation_at_the_asked_step():
-    callback = LastFitValidation()
+def val_rows_by_step(run_dir) -> list[int]:
+    """The step of each row of the run's CSV log that holds a validation metric."""
+    with open(run_dir / "csv" / "metrics.csv") as log:
+        return [int(row["step"]) for row in csv.DictReader(log) if row.get("val/rougeL")]
+
+
+def test_best_export_reuses_the_best_steps_validation_and_logs_nothing_at_the_last_step(tmp_path, monkeypatch, validate_calls):
+    # a flat metric keeps its first validation as the best (training/test_early_stopping.py's premise)
+    best = [*TINY_CLI, "trainer.val_check_interval=1", "trainer.max_steps=4", "eval_zero_shot=false", "logger=csv",
+            "export.checkpoint=best", "optimized_metric=val/rougeL", "optim.lr=1e-4"]
+    reused = train(compose_train(best), tmp_path / "reused")
+    assert reused["exported_checkpoint"] == "best" and reused["exported_step"] < reused["steps"] == 4  # the premise
+    assert validate_calls == [], "fit validated the best step: no validation after it"
+    # one row per validation of fit, at four distinct steps (Lightning logs fit's validations at the
+    # count of batches stepped before them)
+    assert len(val_rows_by_step(tmp_path / "reused")) == len(set(val_rows_by_step(tmp_path / "reused"))) == 4
+
+    # the reference: the best weights loaded and validated again after fit, as before
+    monkeypatch.setattr(FitValidations, "metrics_at", lambda self, step: None)
+    validated = train(compose_train(best), tmp_path / "validated")
+    assert validate_calls == [4] and validated["exported_step"] == reused["exported_step"]
+    assert val_metrics(reused) == val_metrics(validated)  # the best weights score what their validation in fit did
+    assert {k: v for k, v in reused.items() if k.startswith("test/")} == {k: v for k, v in validated.items() if k.startswith("test/")}
+    # what the reuse avoids: a fifth validation row, the best step's numbers logged after the last step's
+    assert len(val_rows_by_step(tmp_path / "validated")) == 5
+
+
+def test_the_callback_keeps_each_validation_by_step():
+    callback = FitValidations()
     assert callback.metrics_at(0) is None  # no validation yet
-    callback.step, callback.metrics = 5, {"val/loss": 1.0}
-    assert callback.metrics_at(5) == {"val/loss": 1.0} and callback.metrics_at(6) is None
+    callback.by_step = {2: {"val/loss": 2.0}, 5: {"val/loss": 1.0}}
+    assert callback.metrics_at(5) == {"val/loss": 1.0} and callback.metrics_at(2) == {"val/loss": 2.0}
+    assert callback.metrics_at(6) is None

@@ -107,7 +107,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from prefixlab.run.runs import (build_logger, build_trainer, check_free_space, check_launchable, finish_logger,
                                     logger_callbacks, run_summary, storage_needed, wandb_tags, write_results)
     from prefixlab.training.best_checkpoint import Monitoring
-    from prefixlab.training.final_validation import LastFitValidation
+    from prefixlab.training.final_validation import FitValidations
     from prefixlab.training.reliability import LastGoodState, StopOnSignal, record_failure
     from prefixlab.training.resume import LAST_CHECKPOINT, check_trainable_state
     from prefixlab.training.resume_settings import ResumeSettings
@@ -130,11 +130,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     summary = {"run_name": settings.run_name, **counts}
     stop = StopOnSignal(run_dir / LAST_CHECKPOINT,  # a second signal exits at once, after writing metrics.json
                         on_forced_stop=lambda error: record_failure(error, run_dir, module, trainer, None, summary, started))
-    last_good, last_validation, trainer = LastGoodState(), LastFitValidation(), None
+    last_good, fit_validations, trainer = LastGoodState(), FitValidations(), None
     stop.listen()  # fit, validate, test and the moments between them
     try:
         monitoring = Monitoring.of(settings)  # early stopping and checkpoints/best.ckpt, if asked for
-        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, last_validation, ResumeSettings(plan.run_settings, changes),
+        trainer = build_trainer(settings.trainer, logger, run_dir, callbacks=[stop, last_good, fit_validations, ResumeSettings(plan.run_settings, changes),
                                                                            *logger_callbacks(settings.logger)], monitoring=monitoring)
         check_launchable(trainer, in_sweep=HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN")
         if trainer.is_global_zero:
@@ -146,12 +146,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         # export.checkpoint=best: the best weights go into the module here, so the final metrics score what is exported
         exported = (monitoring.choose_export(trainer, module) if monitoring is not None
                     else {"exported_checkpoint": "last", "exported_step": trainer.global_step})
-        # fit validated the exported weights at their step already: the same numbers, not computed twice
-        val_metrics = (last_validation.metrics_at(trainer.global_step) if exported["exported_checkpoint"] == "last" else None)
+        # fit validated the exported weights at their step already (the last step's or the best one's):
+        # the same numbers, not computed twice nor logged again at the last step
+        val_metrics = fit_validations.metrics_at(exported["exported_step"])
         if val_metrics is None:
             val_metrics = trainer.validate(module, datamodule=datamodule)[0]
         elif trainer.is_global_zero:
-            print(f"validation: the last one of training, at step {trainer.global_step} (the exported weights)")
+            print(f"validation: training's, at step {exported['exported_step']} (the {exported['exported_checkpoint']} weights, exported)")
         test_metrics = trainer.test(module, datamodule=datamodule)[0]
         # a smoke test (a batch or a few of each split) is no result: no export, no predictions, its own status
         smoke_test = bool(settings.trainer.fast_dev_run)

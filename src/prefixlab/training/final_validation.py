@@ -1,13 +1,17 @@
 """The final validation of a single run, without running it twice.
 
-A run's ``metrics.json`` holds the validation metrics of the weights it exports. When ``fit``
-already validated at its last step (``trainer.val_check_interval`` dividing ``max_steps``, as every
-experiment config has it) and the last weights are the exported ones, a second
-``trainer.validate`` would generate and score the same validation set with the same weights: the
-same numbers (measured on a 150-step E2E run: identical, about 20 s of its 12 min). This callback
-keeps what that last validation of ``fit`` logged, so ``train.train`` validates again only where
-the weights differ (``export.checkpoint=best`` loaded another step's) or ``fit`` did not validate
-at its last step (another interval, a resume with nothing left to train).
+A run's ``metrics.json`` holds the validation metrics of the weights it exports. Those weights are
+the last step's or, with ``export.checkpoint=best``, the best validation's; either way ``fit``
+usually validated them already: at its last step (``trainer.val_check_interval`` dividing
+``max_steps``, as every experiment config has it) or at the best step (that validation is what made
+it the best). A second ``trainer.validate`` would generate and score the same validation set with
+the same weights: the same numbers (measured on a 150-step E2E run: identical, about 20 s of its
+12 min). Worse, with the best weights it logs them at the *last* step, next to that step's own
+validation, so a dashboard's curve ends on another step's numbers and the samples table of those
+weights is skipped as "the same step". This callback keeps what every validation of ``fit`` logged,
+by step, so ``train.train`` validates again only where ``fit`` did not validate the exported step
+in this process (another interval; a resume with nothing left to train, or whose best step was
+validated before the resume).
 """
 
 from __future__ import annotations
@@ -18,22 +22,23 @@ from pytorch_lightning.trainer.states import TrainerFn
 VALIDATION_PREFIX = "val/"
 
 
-class LastFitValidation(pl.Callback):
-    """Remembers the step and the ``val/*`` metrics of the last complete validation in ``fit``."""
+class FitValidations(pl.Callback):
+    """Remembers the ``val/*`` metrics of each complete validation in ``fit``, by global step
+    (a few floats each: a 150-step run with validation every 50 steps keeps three dicts)."""
 
     def __init__(self) -> None:
-        self.step: int | None = None
-        self.metrics: dict[str, float] = {}
+        self.by_step: dict[int, dict[str, float]] = {}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         # the epoch-end metrics of this validation are in callback_metrics by now (Lightning computes
         # them before the on_validation_end hooks); every validation logs the same val/* keys
-        self.step = trainer.global_step
-        self.metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
-                        if key.startswith(VALIDATION_PREFIX)}
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(VALIDATION_PREFIX)}
+        if metrics:
+            self.by_step[trainer.global_step] = metrics
 
     def metrics_at(self, step: int) -> dict[str, float] | None:
-        """The metrics of the validation at ``step``, or None if ``fit``'s last validation was not there."""
-        return dict(self.metrics) if self.step == step and self.metrics else None
+        """The metrics of ``fit``'s validation at ``step``, or None if it did not validate there."""
+        metrics = self.by_step.get(step)
+        return dict(metrics) if metrics else None

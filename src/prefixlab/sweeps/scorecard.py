@@ -69,6 +69,8 @@ KEPT = "earlier runs, kept until this claim's arms are rerun"
 # (measured: experiments/prefix_length/README.md), so an "agrees" or "disagrees" may not survive a rerun
 ONE_RUN = "one run per arm: the interval holds the test set's noise, not the training run's"
 ONE_RUN_MARK = "(one run per arm)"  # beside an agrees / disagrees in a table
+ONE_RUN_IN = "one run in"  # the note where only some arms have one run: "one run in <arm>: ..."
+ONE_RUN_IN_MARK = "(one run in an arm)"
 START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
 
 
@@ -218,28 +220,51 @@ def _describe(arm: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value(v)}" for k, v in arm.items())
 
 
+def _repeat(job: Job) -> tuple[str, ...]:
+    """The seed / subset a job is one run of."""
+    return tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)
+
+
+def _describe_repeats(repeats: set[tuple[str, ...]]) -> str:
+    def one(repeat: tuple[str, ...]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in zip(REPEAT_KEYS, repeat) if v not in ("", "None"))
+
+    return "; ".join(one(r) for r in sorted(repeats, key=lambda r: tuple((as_number(v) or 0.0, v) for v in r)))
+
+
 def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where: str) -> tuple[list[Job], str]:
     """The jobs of the setting of ``tuned`` keys with the best mean validation score (``val/<metric>``):
-    a grid tuned per arm on validation, never on test."""
+    a grid tuned per arm on validation, never on test.
+
+    The settings are compared on the seeds / subsets that every one of them has run, so a setting
+    with a second seed is not compared by a mean over other seeds than the rest (tune, then
+    replicate: seeds added at the chosen rate alone leave the choice as it was). The chosen
+    setting's runs are all returned; a seed / subset run twice counts once (the last sweep's)."""
     from prefixlab.tasks.scoring.directions import lower_is_better
 
     name = "val/" + metric.removeprefix("e2e_")
-    groups: dict[tuple[str, ...], list[Job]] = {}
-    for job in matched:
-        groups.setdefault(tuple(as_text(job.setting(k)) for k in tuned), []).append(job)
+    groups: dict[tuple[str, ...], dict[tuple[str, ...], Job]] = {}
+    for job in matched:  # in sweep order: the last run of a seed / subset stays
+        groups.setdefault(tuple(as_text(job.setting(k)) for k in tuned), {})[_repeat(job)] = job
+    shared = set.intersection(*(set(runs) for runs in groups.values()))
+    compared_on = shared if shared else None  # no seed / subset in common: each setting's own mean
     scores = {}
-    for setting, group in groups.items():
-        values = [v for job in group if (v := as_number((job.metrics or {}).get(name))) is not None and math.isfinite(v)]
-        if len(values) == len(group):
+    for setting, runs in groups.items():
+        jobs = [job for repeat, job in runs.items() if compared_on is None or repeat in compared_on]
+        values = [v for job in jobs if (v := as_number((job.metrics or {}).get(name))) is not None and math.isfinite(v)]
+        if len(values) == len(jobs):
             scores[setting] = sum(values) / len(values)
     if not scores:
         raise ReportError(f"{where}: no run logged {name}, so {', '.join(tuned)} cannot be chosen on validation")
     sign = 1 if lower_is_better(name) else -1
     best = min(scores, key=lambda setting: sign * scores[setting])
     chosen = ", ".join(f"{k}={v}" for k, v in zip(tuned, best))
+    chosen_runs = list(groups[best].values())
     if len(groups) == 1:  # a grid of one: say so, rather than "chosen" (issue 16 asks for a grid per method)
-        return groups[best], f"{chosen} (the only setting run, not tuned; {name} {scores[best]:.4g})"
-    return groups[best], f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings)"
+        return chosen_runs, f"{chosen} (the only setting run, not tuned; {name} {scores[best]:.4g})"
+    uneven = compared_on is not None and any(len(runs) > len(compared_on) for runs in groups.values())
+    on = f", on the runs every setting has ({_describe_repeats(compared_on)})" if uneven else ""
+    return chosen_runs, f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings{on})"
 
 
 def matching_jobs(jobs: list[Job], arm: dict[str, Any]) -> list[Job]:
@@ -388,9 +413,16 @@ class Row:
         return self.estimate is not None and self.estimate.runs == len(self.claim.terms)
 
     @property
+    def some_arm_has_one_run(self) -> bool:
+        """An arm without a second seed or subset while another has one (its training noise is not in the interval)."""
+        return not self.one_run_per_arm and any(spread.n == 1 for spread in self.spreads)
+
+    @property
     def mark(self) -> str:
         """What a table shows beside an agrees / disagrees."""
-        return f" {ONE_RUN_MARK}" if self.one_run_per_arm else ""
+        if self.one_run_per_arm:
+            return f" {ONE_RUN_MARK}"
+        return f" {ONE_RUN_IN_MARK}" if self.some_arm_has_one_run else ""
 
     @property
     def arm_values(self) -> list[float]:
@@ -424,8 +456,11 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
         result, note = verdict(estimate, claim.expect, claim.margin, claim.paper_effect)
         chosen = [f"{_describe({k: v for k, v in arm.items() if not _is_tuned(v)})}: {choice}"
                   for (_, arm), (_, (_, choice)) in zip(claim.terms, found) if choice]
-        if all(len(runs) == 1 for _, runs in arms):
+        single = [arm for (_, arm), (_, runs) in zip(claim.terms, arms) if len(runs) == 1]
+        if len(single) == len(arms):
             note += f"; {ONE_RUN}"
+        elif single:
+            note += f"; {ONE_RUN_IN} {' and '.join(_describe(arm) for arm in single)}: the interval holds no training noise of that arm"
         if chosen:
             note += "; " + "; ".join(chosen)
         rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen))

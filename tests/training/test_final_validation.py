@@ -91,3 +91,15 @@ def test_the_callback_keeps_each_validation_by_step():
     callback.by_step = {2: {"val/loss": 2.0}, 5: {"val/loss": 1.0}}
     assert callback.metrics_at(5) == {"val/loss": 1.0} and callback.metrics_at(2) == {"val/loss": 2.0}
     assert callback.metrics_at(6) is None
+
+
+def test_a_resumed_run_reuses_a_best_validation_made_before_the_resume(tmp_path, validate_calls):
+    # the best step (1: a flat metric) was validated by the first process; its val/* travel in last.ckpt
+    best = [*TINY_CLI, "trainer.val_check_interval=1", "eval_zero_shot=false", "export.checkpoint=best",
+            "optimized_metric=val/rougeL", "optim.lr=1e-4"]
+    first = train(compose_train([*best, "trainer.max_steps=3"]), tmp_path / "run")
+    resumed = train(compose_train([*best, "trainer.max_steps=4", "resume=auto", "resume_allow_changes=[trainer.max_steps]"]),
+                    tmp_path / "run")
+    assert resumed["resumed_at_step"] == 3 and resumed["exported_step"] == first["exported_step"] < 3  # the premise
+    assert validate_calls == [], "the best step's validation came with the checkpoint: no validation after fit"
+    assert val_metrics(resumed) == val_metrics(first)

@@ -9,9 +9,9 @@ the same weights: the same numbers (measured on a 150-step E2E run: identical, a
 12 min). Worse, with the best weights it logs them at the *last* step, next to that step's own
 validation, so a dashboard's curve ends on another step's numbers and the samples table of those
 weights is skipped as "the same step". This callback keeps what every validation of ``fit`` logged,
-by step, so ``train.train`` validates again only where ``fit`` did not validate the exported step
-in this process (another interval; a resume with nothing left to train, or whose best step was
-validated before the resume).
+by step, and keeps them in the run's checkpoints (a resumed run knows the validations before it),
+so ``train.train`` validates again only where ``fit`` never validated the exported step (another
+interval; a checkpoint written before this callback existed).
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ class FitValidations(pl.Callback):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(VALIDATION_PREFIX)}
         if metrics:
             self.by_step[trainer.global_step] = metrics
+
+    # in last.ckpt / best.ckpt (Lightning saves a callback's state_dict): a resume keeps the validations before it
+    def state_dict(self) -> dict:
+        return {"by_step": {step: dict(metrics) for step, metrics in self.by_step.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.by_step = {int(step): dict(metrics) for step, metrics in state_dict.get("by_step", {}).items()}
 
     def metrics_at(self, step: int) -> dict[str, float] | None:
         """The metrics of ``fit``'s validation at ``step``, or None if it did not validate there."""

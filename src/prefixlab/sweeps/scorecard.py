@@ -460,7 +460,8 @@ def score_experiment(experiment: Experiment, root: Path, resamples: int = 1000, 
         if len(single) == len(arms):
             note += f"; {ONE_RUN}"
         elif single:
-            note += f"; {ONE_RUN_IN} {' and '.join(_describe(arm) for arm in single)}: the interval holds no training noise of that arm"
+            those = "that arm" if len(single) == 1 else "those arms"
+            note += f"; {ONE_RUN_IN} {' and '.join(_describe(arm) for arm in single)}: the interval holds no training noise of {those}"
         if chosen:
             note += "; " + "; ".join(chosen)
         rows.append(Row(experiment, claim, estimate, spreads, result, note, choices=chosen))

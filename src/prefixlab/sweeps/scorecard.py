@@ -225,11 +225,16 @@ def _repeat(job: Job) -> tuple[str, ...]:
     return tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)
 
 
+def _repeat_order(repeat: tuple[str, ...]) -> tuple:
+    """Seeds / subsets in numeric order (so arms pair by position)."""
+    return tuple((as_number(v) or 0.0, v) for v in repeat)
+
+
 def _describe_repeats(repeats: set[tuple[str, ...]]) -> str:
     def one(repeat: tuple[str, ...]) -> str:
         return ", ".join(f"{k}={v}" for k, v in zip(REPEAT_KEYS, repeat) if v not in ("", "None"))
 
-    return "; ".join(one(r) for r in sorted(repeats, key=lambda r: tuple((as_number(v) or 0.0, v) for v in r)))
+    return "; ".join(one(r) for r in sorted(repeats, key=_repeat_order))
 
 
 def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where: str) -> tuple[list[Job], str]:
@@ -304,8 +309,8 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
                           "add it to the arm, or list one term per value")
     by_repeat: dict[tuple[str, ...], Job] = {}
     for job in matched:
-        by_repeat[tuple(as_text(job.setting(k)) for k in REPEAT_KEYS)] = job
-    ordered = sorted(by_repeat.items(), key=lambda item: tuple((as_number(v) or 0.0, v) for v in item[0]))
+        by_repeat[_repeat(job)] = job
+    ordered = sorted(by_repeat.items(), key=lambda item: _repeat_order(item[0]))
     return [read_predictions(job.path / "predictions.jsonl") for _, job in ordered], chosen
 
 

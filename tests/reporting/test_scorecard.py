@@ -164,15 +164,15 @@ def test_a_learning_rate_grid_is_tuned_per_arm_on_validation_never_on_test(tmp_p
 def test_a_seed_added_at_one_rate_leaves_the_choice_to_the_seeds_every_rate_has(tmp_path):
     """Tune, then replicate: seed 43 run at prefix's lr 5e-4 alone (a poor validation score) does not
     move the choice, which compares the rates on seed 42, the seed both have; the chosen rate's runs
-    are all its seeds. An arm with one run beside an arm with two is marked for that arm."""
+    are all its seeds; the note names the seed, not the subset seed every run shares. An arm with one run beside an arm with two is marked for that arm."""
     experiments = tmp_path / "experiments"
     make_sweep(tmp_path, "main_table", [
-        ({"method": "prefix", "optim.lr": 5e-5, "seed": 42, "_metrics": {"val/bleu": 50.0}}, predictions(0.5, 1)),
-        ({"method": "prefix", "optim.lr": 5e-4, "seed": 42, "_metrics": {"val/bleu": 60.0}}, predictions(0.9, 2)),
-        ({"method": "finetune", "optim.lr": 5e-5, "seed": 42, "_metrics": {"val/bleu": 55.0}}, predictions(0.3, 3)),
+        ({"method": "prefix", "optim.lr": 5e-5, "seed": 42, "task.subset_seed": 0, "_metrics": {"val/bleu": 50.0}}, predictions(0.5, 1)),
+        ({"method": "prefix", "optim.lr": 5e-4, "seed": 42, "task.subset_seed": 0, "_metrics": {"val/bleu": 60.0}}, predictions(0.9, 2)),
+        ({"method": "finetune", "optim.lr": 5e-5, "seed": 42, "task.subset_seed": 0, "_metrics": {"val/bleu": 55.0}}, predictions(0.3, 3)),
     ])
     make_sweep(tmp_path, "main_table", [
-        ({"method": "prefix", "optim.lr": 5e-4, "seed": 43, "_metrics": {"val/bleu": 20.0}}, predictions(0.85, 4)),
+        ({"method": "prefix", "optim.lr": 5e-4, "seed": 43, "task.subset_seed": 0, "_metrics": {"val/bleu": 20.0}}, predictions(0.85, 4)),
     ], stamp="2026-12-02_10-00-00")
     write_claims(experiments, "main_table", [{"id": "p", "claim": "PREFIX beats FINE-TUNE", "paper": "", "expect": "greater",
                                               "a": {"method": "prefix", "optim.lr": "tuned"}, "b": {"method": "finetune"}}],
@@ -180,7 +180,8 @@ def test_a_seed_added_at_one_rate_leaves_the_choice_to_the_seeds_every_rate_has(
     readme = build_scorecard(experiments, resamples=200)
     row = next(csv.DictReader((experiments / "main_table" / "results.csv").open()))
     # a mean over all runs would put 5e-4 at 40 < 50 and choose 5e-5
-    assert "optim.lr=0.0005 (chosen on val/bleu 60 of 2 settings, on the runs every setting has (seed=42" in row["note"]
+    # the subset seed is the same in every run, so the note does not name it
+    assert "optim.lr=0.0005 (chosen on val/bleu 60 of 2 settings, on the runs every setting has (seed=42))" in row["note"]
     assert row["runs"] == "3" and "over 2 runs" in row["arms"], row["arms"]
     assert ONE_RUN not in row["note"] and "one run in method=finetune: the interval holds no training noise" in row["note"]
     assert "| **agrees** (one run in an arm) |" in readme.read_text()

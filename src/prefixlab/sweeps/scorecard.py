@@ -230,9 +230,14 @@ def _repeat_order(repeat: tuple[str, ...]) -> tuple:
     return tuple((as_number(v) or 0.0, v) for v in repeat)
 
 
-def _describe_repeats(repeats: set[tuple[str, ...]]) -> str:
+def _describe_repeats(repeats: set[tuple[str, ...]], among: set[tuple[str, ...]]) -> str:
+    """``repeats`` as ``seed=42; seed=43``, naming only the repeat keys whose value differs ``among``
+    the runs (every job carries ``task.subset_seed``; an experiment that never varies it should not
+    read as if it did)."""
+    varied = [i for i in range(len(REPEAT_KEYS)) if len({r[i] for r in among}) > 1]
+
     def one(repeat: tuple[str, ...]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in zip(REPEAT_KEYS, repeat) if v not in ("", "None"))
+        return ", ".join(f"{REPEAT_KEYS[i]}={repeat[i]}" for i in varied if repeat[i] not in ("", "None"))
 
     return "; ".join(one(r) for r in sorted(repeats, key=_repeat_order))
 
@@ -268,7 +273,8 @@ def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where:
     if len(groups) == 1:  # a grid of one: say so, rather than "chosen" (issue 16 asks for a grid per method)
         return chosen_runs, f"{chosen} (the only setting run, not tuned; {name} {scores[best]:.4g})"
     uneven = compared_on is not None and any(len(runs) > len(compared_on) for runs in groups.values())
-    on = f", on the runs every setting has ({_describe_repeats(compared_on)})" if uneven else ""
+    every_repeat = set().union(*(set(runs) for runs in groups.values()))
+    on = f", on the runs every setting has ({_describe_repeats(compared_on, every_repeat)})" if uneven else ""
     return chosen_runs, f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings{on})"
 
 

@@ -164,7 +164,8 @@ def test_a_learning_rate_grid_is_tuned_per_arm_on_validation_never_on_test(tmp_p
 def test_a_seed_added_at_one_rate_leaves_the_choice_to_the_seeds_every_rate_has(tmp_path):
     """Tune, then replicate: seed 43 run at prefix's lr 5e-4 alone (a poor validation score) does not
     move the choice, which compares the rates on seed 42, the seed both have; the chosen rate's runs
-    are all its seeds; the note names the seed, not the subset seed every run shares. An arm with one run beside an arm with two is marked for that arm."""
+    are all its seeds; the note names the seed, not the subset seed every run shares. An arm with
+    one run beside an arm with two is marked for that arm."""
     experiments = tmp_path / "experiments"
     make_sweep(tmp_path, "main_table", [
         ({"method": "prefix", "optim.lr": 5e-5, "seed": 42, "task.subset_seed": 0, "_metrics": {"val/bleu": 50.0}}, predictions(0.5, 1)),

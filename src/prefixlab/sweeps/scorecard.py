@@ -273,8 +273,10 @@ def _validation_choice(matched: list[Job], tuned: list[str], metric: str, where:
     if len(groups) == 1:  # a grid of one: say so, rather than "chosen" (issue 16 asks for a grid per method)
         return chosen_runs, f"{chosen} (the only setting run, not tuned; {name} {scores[best]:.4g})"
     uneven = compared_on is not None and any(len(runs) > len(compared_on) for runs in groups.values())
-    every_repeat = set().union(*(set(runs) for runs in groups.values()))
-    on = f", on the runs every setting has ({_describe_repeats(compared_on, every_repeat)})" if uneven else ""
+    on = ""
+    if uneven:  # which seeds / subsets were compared, naming only the keys that vary over the arm's runs
+        every_repeat = set().union(*(set(runs) for runs in groups.values()))
+        on = f", on the runs every setting has ({_describe_repeats(compared_on, every_repeat)})"
     return chosen_runs, f"{chosen} (chosen on {name} {scores[best]:.4g} of {len(groups)} settings{on})"
 
 

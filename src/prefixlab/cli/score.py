@@ -108,8 +108,7 @@ def read_predictions(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
     from prefixlab.sweeps.significance import SignificanceError
     from prefixlab.sweeps.significance import read_predictions as read_run
 
-    _text_lines(path)  # unreadable, not UTF-8 or empty: one error naming the file (and the line)
-    try:
+    try:  # unreadable, not UTF-8, empty or a bad row: one error naming the file (and the line)
         run = read_run(path)
     except SignificanceError as error:
         raise ScoreInputError(str(error)) from None

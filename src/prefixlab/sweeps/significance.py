@@ -102,9 +102,18 @@ def read_predictions(path: Union[str, Path]) -> Predictions:
         path = path / "predictions.jsonl"
     if not path.is_file():
         raise SignificanceError(f"{path}: no such file; give a run folder or its predictions.jsonl")
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except OSError as error:
+        raise SignificanceError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise SignificanceError(f"{path} line {line}: not UTF-8 (byte 0x{raw[error.start]:02x}); "
+                                f"save the file as UTF-8") from None
     ids, predictions, references = [], [], []
     shared: tuple[Path | None, dict[str, tuple[str, ...]]] | None = None  # read at the first row that needs it
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

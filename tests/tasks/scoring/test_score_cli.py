@@ -108,6 +108,22 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "official E2E NLG Challenge metrics" in done.stdout
 
 
+@pytest.mark.parametrize("content, message", [
+    (b'{"id": "a", "prediction": "x", "references": ["x"]}\n{"id": "b", "prediction": "\xff"}\n',
+     r"bad.jsonl line 2: not UTF-8 \(byte 0xff\)"),
+    (b"", r"bad.jsonl: no predictions"),
+    (b'{"id": "a", "prediction": "x"}\n', r"bad.jsonl line 1: the row has no 'references'"),
+])
+def test_a_bad_predictions_jsonl_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+    bad = _write(tmp_path / "bad.jsonl", content)
+    with pytest.raises(SystemExit) as stop:
+        score.main([str(bad)])
+    line = str(stop.value.code)
+    assert line.startswith("prefixlab-score: error: ") and "\n" not in line
+    assert __import__("re").search(message, line), line
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.cli  # every score runs Java (the PTB tokenizer, METEOR) in subprocesses
 def test_a_runs_predictions_jsonl_is_scored_with_its_references(tmp_path, capsys):
     rows = [{"id": "a", "prediction": "The Eagle is a pub.", "references": ["The Eagle is a pub.", "A pub."]},

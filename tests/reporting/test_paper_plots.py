@@ -65,6 +65,24 @@ def test_error_bars_are_the_seed_spread_and_the_validation_choice_is_marked(tmp_
     assert ax.get_title() and "sd over seed" in ax.get_ylabel()
 
 
+def test_past_ten_series_each_line_still_looks_different(tmp_path, figures):
+    """12 (method, rate) series, as embedding_infix_prefix plots them: the 10-colour cycle repeats,
+    so the line style must tell the 11th from the 1st."""
+    root, n = tmp_path / "s", 0
+    for method in ("prefix", "infix", "embedding"):
+        for lr in (1e-4, 2e-4, 5e-4, 1e-3):
+            for length in (1, 10):
+                make_job(root, n, [f"method={method}", f"method.prefix_length={length}", f"optim.lr={lr}"],
+                         {"method": method}, job_config(method, length, lr=lr), completed(0.3 + 0.001 * n, 1.5, 10))
+                n += 1
+    assert plots.metric_vs_setting(find_jobs([root]), "method.prefix_length", "test/rougeL", tmp_path / "f.png") is None
+    ax = figures["f.png"].axes[0]
+    series = [c.lines[0] for c in ax.containers]
+    assert len(series) == 12
+    looks = {(line.get_color(), line.get_linestyle()) for line in series}
+    assert len(looks) == 12, "two series drawn alike"
+
+
 def test_prefix_length_ticks_are_integers_and_never_offset(tmp_path, figures):
     jobs = find_jobs([seeds_sweep(tmp_path / "s")])
     plots.metric_vs_setting(jobs, "method.prefix_length", "test/rougeL", tmp_path / "f.png")

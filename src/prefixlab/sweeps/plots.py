@@ -97,6 +97,12 @@ def _legend(ax, outside: bool = False) -> None:
         ax.legend(list(unique.values()), wrapped, fontsize="small")
 
 
+def _series_style(number: int) -> tuple[str, str]:
+    """The colour and line style of a plot's ``number``-th series: past the 10 colours of the cycle
+    the colours repeat and the line style changes, so no two of 40 series look the same."""
+    return f"C{number % 10}", ("-", "--", ":", "-.")[(number // 10) % 4]
+
+
 def _names_the_same(completed: list[Job], other: str, key: str) -> bool:
     """Whether the override ``other`` is ``key`` under another name: in every completed job its value
     is ``key``'s value (a config group option named for the value it sets:
@@ -177,8 +183,9 @@ def metric_vs_setting(jobs: list[Job], key: str, metric: str, path: Path, log_x:
     for number, (name, points) in enumerate(series.items()):
         xs, means = [p[0] for p in points], [p[1] for p in points]
         spread = [p[2] or 0.0 for p in points]
-        ax.errorbar(xs, means, yerr=spread if any(spread) else None, marker="o", capsize=3, color=f"C{number % 10}",
-                    label=name)
+        color, linestyle = _series_style(number)
+        ax.errorbar(xs, means, yerr=spread if any(spread) else None, marker="o", capsize=3, color=color,
+                    linestyle=linestyle, label=name)
     chosen = _chosen_point(jobs, key, metric)
     if chosen is not None:
         series_name, x, chooser = chosen
@@ -255,8 +262,7 @@ def loss_curves(jobs: list[Job], path: Path) -> str | None:
     plt, fig, ax = _figure(9.6, 4.2)  # room for the legend beside the axes
     for (job, train, val), name in zip(curves, names):
         number = order.index(name)
-        color = f"C{number % 10}"
-        linestyle = ("-", "--", ":", "-.")[(number // 10) % 4]  # more than 10 series: colours repeat, styles differ
+        color, linestyle = _series_style(number)
         ax.plot([s for s, _ in train], [v for _, v in train], color=color, linestyle=linestyle, label=name,
                 alpha=0.75 if repeated else 1.0)
         ax.plot([s for s, _ in val], [v for _, v in val], linestyle="none", marker="o", color=color,

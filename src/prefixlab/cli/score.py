@@ -29,16 +29,12 @@ class ScoreInputError(ValueError):
 
 def _text_lines(path: Path) -> list[str]:
     """The file's lines, decoded as UTF-8, or one error naming the file and the line."""
+    from prefixlab.sweeps.significance import SignificanceError, read_utf8
+
     try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise ScoreInputError(f"{path}: cannot be read ({error.strerror or error})") from None
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM is not part of the first line
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ScoreInputError(f"{path} line {line}: not UTF-8 (byte 0x{raw[error.start]:02x}); "
-                              f"save the file as UTF-8") from None
+        text = read_utf8(path)  # a BOM is not part of the first line
+    except SignificanceError as error:
+        raise ScoreInputError(str(error)) from None
     if not text.strip():
         raise ScoreInputError(f"{path}: the file is empty")
     # Only \n ends a line: an output holding U+2028 or U+0085 stays one output (the script's codecs

@@ -93,6 +93,20 @@ def _shared_references(predictions_file: Path) -> tuple[Path | None, dict[str, t
     return None, {}
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text (a BOM dropped), or one error naming the file, and the line of a byte that is
+    not UTF-8."""
+    try:
+        raw = path.read_bytes()
+        return raw.decode("utf-8-sig")
+    except OSError as error:
+        raise SignificanceError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise SignificanceError(f"{path} line {line}: not UTF-8 (byte 0x{raw[error.start]:02x}); "
+                                f"save the file as UTF-8") from None
+
+
 def read_predictions(path: Union[str, Path]) -> Predictions:
     """A run's ``predictions.jsonl`` (or its folder): every row needs ``id``, ``prediction`` and
     ``references``; a row without ``references`` takes its input's from the nearest ``references.jsonl``
@@ -102,15 +116,7 @@ def read_predictions(path: Union[str, Path]) -> Predictions:
         path = path / "predictions.jsonl"
     if not path.is_file():
         raise SignificanceError(f"{path}: no such file; give a run folder or its predictions.jsonl")
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8-sig")
-    except OSError as error:
-        raise SignificanceError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise SignificanceError(f"{path} line {line}: not UTF-8 (byte 0x{raw[error.start]:02x}); "
-                                f"save the file as UTF-8") from None
+    text = read_utf8(path)
     ids, predictions, references = [], [], []
     shared: tuple[Path | None, dict[str, tuple[str, ...]]] | None = None  # read at the first row that needs it
     for number, line in enumerate(text.splitlines(), start=1):

@@ -101,8 +101,7 @@ def read_outputs(path: Path) -> list[str]:
 def read_predictions(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
     """A prefixlab ``predictions.jsonl``, a live run's or an archived one's (whose references are kept
     once in its experiment's ``runs/references.jsonl``): each row's ``prediction`` and ``references``."""
-    from prefixlab.sweeps.significance import SignificanceError
-    from prefixlab.sweeps.significance import read_predictions as read_run
+    from prefixlab.sweeps.significance import SignificanceError, read_predictions as read_run
 
     try:  # unreadable, not UTF-8, empty or a bad row: one error naming the file (and the line)
         run = read_run(path)

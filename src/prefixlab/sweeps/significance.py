@@ -69,7 +69,7 @@ def read_references(path: Union[str, Path]) -> dict[str, tuple[str, ...]]:
     """A ``references.jsonl`` (rows ``{"id": ..., "references": [...]}``): each test input's references."""
     path = Path(path)
     references: dict[str, tuple[str, ...]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

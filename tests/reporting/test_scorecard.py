@@ -14,8 +14,9 @@ import yaml
 
 from prefixlab.cli.report import main
 from prefixlab.sweeps.jobs import ReportError, as_number
-from prefixlab.sweeps.scorecard import END, ONE_RUN, START, build_scorecard, read_claims, verdict
-from prefixlab.sweeps.significance import Estimate
+from prefixlab.sweeps.scorecard import (END, ONE_RUN, START, Claim, Experiment, Row, _table_rows, build_scorecard,
+                                       read_claims, verdict)
+from prefixlab.sweeps.significance import Estimate, seed_spread
 
 from .conftest import make_job
 
@@ -55,8 +56,8 @@ def write_claims(experiments, name: str, claims: list[dict], **top) -> None:
     (experiments / name / "claims.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def estimate(low: float, high: float, se: float = 1.0) -> Estimate:
-    return Estimate("bleu", (low + high) / 2, low, high, 0.5, se, 250, 2, 1000, 0.95)
+def estimate(low: float, high: float, se: float = 1.0, p: float = 0.5) -> Estimate:
+    return Estimate("bleu", (low + high) / 2, low, high, p, se, 250, 2, 1000, 0.95)
 
 
 @pytest.mark.parametrize("low, high, expect, margin, expected", [
@@ -67,6 +68,19 @@ def estimate(low: float, high: float, se: float = 1.0) -> Estimate:
 ])
 def test_the_verdict_is_set_by_where_the_interval_lies(low, high, expect, margin, expected):
     assert verdict(estimate(low, high), expect, margin)[0] == expected
+
+
+def test_a_verdict_whose_p_value_disagrees_with_its_interval_is_marked_borderline():
+    # embedding_infix_prefix, PREFIX-1 vs INFIX-1: [+0.01, +3.45] excludes 0, but p = 0.053
+    result, note = verdict(estimate(0.013, 3.45, p=0.053), "greater")
+    assert result == "agrees" and "borderline: the two-sided p = 0.053 is not below 0.05" in note
+    result, note = verdict(estimate(0.8, 3.45, p=0.004), "greater")
+    assert result == "agrees" and "borderline" not in note
+    # the scorecard's table shows it beside the verdict, not only in results.csv's note
+    claim = Claim("c", "A beats B", "paper", "greater", [(1.0, {"method": "a"}), (-1.0, {"method": "b"})], "bleu")
+    edge = Estimate("bleu", 1.7, 0.013, 3.45, 0.053, 1.0, 246, 4, 1000, 0.95)  # two runs per arm
+    row = Row(Experiment("x", Path("x"), "", []), claim, edge, [seed_spread([1.0, 2.0])] * 2, *verdict(edge, "greater"))
+    assert "**agrees** (borderline: p = 0.053)" in _table_rows([row])[0]
 
 
 def test_an_unresolved_verdict_states_the_minimum_detectable_effect_against_the_papers():

@@ -99,7 +99,15 @@ def verdict(estimate: Estimate, expect: str, margin: float = 0.0, paper_effect: 
     mde = estimate.mde
     power = f"this test set (n={estimate.n_test}, {estimate.runs} runs) detects differences of {mde:.2g} or more with 80% power"
     if result != "unresolved":
-        return result, f"the {level} interval [{lo:.2f}, {hi:.2f}] excludes {_boundary(expect, margin)}"
+        note = f"the {level} interval [{lo:.2f}, {hi:.2f}] excludes {_boundary(expect, margin)}"
+        alpha = 1 - estimate.confidence
+        if expect in ("greater", "less") and estimate.p_value >= alpha:
+            # The percentile interval and the centred p-value are two readings of one bootstrap; on a
+            # skewed resampling distribution they can fall on either side of the level. The verdict
+            # follows the interval (as documented), but a reader must see that it is at the edge.
+            note += (f"; borderline: the two-sided p = {estimate.p_value:.3f} is not below {alpha:g} "
+                     "(the resampled contrasts are skewed); more runs or test inputs would settle it")
+        return result, note
     note = f"the {level} interval [{lo:.2f}, {hi:.2f}] includes {_boundary(expect, margin)}; {power}"
     if paper_effect is not None:
         note += (f"; the paper's effect ({paper_effect:+.2g}) is below that: more test inputs or seeds are needed"
@@ -433,9 +441,14 @@ class Row:
     @property
     def mark(self) -> str:
         """What a table shows beside an agrees / disagrees."""
+        marks = []
         if self.one_run_per_arm:
-            return f" {ONE_RUN_MARK}"
-        return f" {ONE_RUN_IN_MARK}" if self.some_arm_has_one_run else ""
+            marks.append(ONE_RUN_MARK)
+        elif self.some_arm_has_one_run:
+            marks.append(ONE_RUN_IN_MARK)
+        if self.verdict != "unresolved" and "borderline" in self.note:
+            marks.append(f"(borderline: p = {self.estimate.p_value:.2g})")
+        return "".join(f" {mark}" for mark in marks)
 
     @property
     def arm_values(self) -> list[float]:

@@ -100,19 +100,26 @@ def verdict(estimate: Estimate, expect: str, margin: float = 0.0, paper_effect: 
     power = f"this test set (n={estimate.n_test}, {estimate.runs} runs) detects differences of {mde:.2g} or more with 80% power"
     if result != "unresolved":
         note = f"the {level} interval [{lo:.2f}, {hi:.2f}] excludes {_boundary(expect, margin)}"
-        alpha = 1 - estimate.confidence
-        if expect in ("greater", "less") and estimate.p_value >= alpha:
-            # The percentile interval and the centred p-value are two readings of one bootstrap; on a
-            # skewed resampling distribution they can fall on either side of the level. The verdict
-            # follows the interval (as documented), but a reader must see that it is at the edge.
-            note += (f"; borderline: the two-sided p = {estimate.p_value:.3f} is not below {alpha:g} "
-                     "(the resampled contrasts are skewed); more runs or test inputs would settle it")
+        if borderline(estimate, expect):
+            note += (f"; borderline: the two-sided p = {estimate.p_value:.3f} is not below {1 - estimate.confidence:g} "
+                     "(the resampled contrasts are not symmetric about the estimate); more runs or test inputs "
+                     "would settle it")
         return result, note
     note = f"the {level} interval [{lo:.2f}, {hi:.2f}] includes {_boundary(expect, margin)}; {power}"
     if paper_effect is not None:
         note += (f"; the paper's effect ({paper_effect:+.2g}) is below that: more test inputs or seeds are needed"
                  if abs(paper_effect) < mde else f"; the paper's effect ({paper_effect:+.2g}) is not below that")
     return result, note
+
+
+def borderline(estimate: Estimate, expect: str) -> bool:
+    """A greater / less claim whose interval excludes 0 while its p-value is not below the level.
+
+    The percentile interval and the centred p-value are two readings of one bootstrap; where the
+    resampled contrasts are not symmetric about the estimate they can fall on either side of the
+    level. The verdict follows the interval (as documented), but a reader must see it is at the edge."""
+    lo, hi = estimate.ci_low, estimate.ci_high
+    return expect in ("greater", "less") and (lo > 0 or hi < 0) and estimate.p_value >= 1 - estimate.confidence
 
 
 def _boundary(expect: str, margin: float) -> str:
@@ -446,7 +453,7 @@ class Row:
             marks.append(ONE_RUN_MARK)
         elif self.some_arm_has_one_run:
             marks.append(ONE_RUN_IN_MARK)
-        if self.verdict != "unresolved" and "borderline" in self.note:
+        if self.estimate is not None and borderline(self.estimate, self.claim.expect):
             marks.append(f"(borderline: p = {self.estimate.p_value:.2g})")
         return "".join(f" {mark}" for mark in marks)
 

@@ -14,8 +14,8 @@ import yaml
 
 from prefixlab.cli.report import main
 from prefixlab.sweeps.jobs import ReportError, as_number
-from prefixlab.sweeps.scorecard import (END, ONE_RUN, START, Claim, Experiment, Row, _table_rows, build_scorecard,
-                                       read_claims, verdict)
+from prefixlab.sweeps.scorecard import (END, ONE_RUN, START, Claim, Experiment, Row, build_scorecard,
+                                       read_claims, scorecard_table, verdict)
 from prefixlab.sweeps.significance import Estimate, seed_spread
 
 from .conftest import make_job
@@ -80,7 +80,7 @@ def test_a_verdict_whose_p_value_disagrees_with_its_interval_is_marked_borderlin
     claim = Claim("c", "A beats B", "paper", "greater", [(1.0, {"method": "a"}), (-1.0, {"method": "b"})], "bleu")
     edge = Estimate("bleu", 1.7, 0.013, 3.45, 0.053, 1.0, 246, 4, 1000, 0.95)  # two runs per arm
     row = Row(Experiment("x", Path("x"), "", []), claim, edge, [seed_spread([1.0, 2.0])] * 2, *verdict(edge, "greater"))
-    assert "**agrees** (borderline: p = 0.053)" in _table_rows([row])[0]
+    assert "**agrees** (borderline: p = 0.053)" in scorecard_table([row])
 
 
 def test_an_unresolved_verdict_states_the_minimum_detectable_effect_against_the_papers():

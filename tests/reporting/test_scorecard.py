@@ -129,7 +129,10 @@ def test_the_scorecard_writes_results_csv_and_the_readme_table(tmp_path):
 
 def test_arms_pair_runs_by_subset_and_a_setting_left_out_of_an_arm_is_one_error(tmp_path):
     experiments = tmp_path / "experiments"
-    jobs = [({"method": m, "task.train_size": size, "task.subset_seed": s}, predictions(share + 0.02 * s, 10 * s + size))
+    # subset 0's prefix runs were packed, subset 1's run alone: how a run was launched is not a setting
+    launched = lambda m, s: {"launcher": "packed"} if (m, s) == ("prefix", 0) else {}  # noqa: E731
+    jobs = [({"method": m, "task.train_size": size, "task.subset_seed": s, **launched(m, s)},
+             predictions(share + 0.02 * s, 10 * s + size))
             for m, share in (("prefix", 0.8), ("finetune", 0.3)) for size in (50, 500) for s in (0, 1)]
     make_sweep(tmp_path, "low_data", jobs)
     gap = lambda size: [{"weight": 0.5, "arm": {"method": "prefix", "task.train_size": size}},  # noqa: E731

@@ -71,6 +71,11 @@ ONE_RUN = "one run per arm: the interval holds the test set's noise, not the tra
 ONE_RUN_MARK = "(one run per arm)"  # beside an agrees / disagrees in a table
 ONE_RUN_IN = "one run in"  # the note where only some arms have one run: "one run in <arm>: ..."
 ONE_RUN_IN_MARK = "(one run in an arm)"
+# Overrides that choose how a run is executed, not what it computes: a packed job's losses, prefix and
+# predictions equal its run alone (tests/packed, docs/packed.md) and a resumed run continues the same
+# run. So runs of one setting that differ only in these are runs of that setting (a grid packed on one
+# subset, a rate rerun alone on the other), not an unnamed setting an arm must pick.
+EXECUTION_KEYS = ("launcher", "resume")
 START, END = "<!-- scorecard: start (written by prefixlab-report --scorecard; edit claims.yaml instead) -->", "<!-- scorecard: end -->"
 
 
@@ -316,7 +321,8 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
     seed / subset run twice, the last sweep's run. A key given a list of values (``optim.lr: [5.0e-5,
     5.0e-4]``) or ``tuned`` (every value the sweeps ran) is tuned: the value whose runs have the best
     mean validation score is taken, and the second item returned says which. Raises ReportError when
-    the matched jobs differ in anything but the seed / subset (the claim must name that setting)."""
+    the matched jobs differ in anything but the seed / subset or how they were launched (the claim must
+    name that setting)."""
     tuned = [k for k, v in arm.items() if _is_tuned(v)]
     matched = matching_jobs(jobs, arm)
     if not matched:
@@ -324,7 +330,7 @@ def arm_runs(jobs: list[Job], arm: dict[str, Any], where: str, metric: str = "bl
     chosen = ""
     if tuned:
         matched, chosen = _validation_choice(matched, tuned, metric, where)
-    keys = sorted({k for job in matched for k in job.overrides} - set(REPEAT_KEYS) - set(arm))
+    keys = sorted({k for job in matched for k in job.overrides} - set(REPEAT_KEYS) - set(arm) - set(EXECUTION_KEYS))
     differing = [k for k in keys if len({as_text(job.setting(k)) for job in matched}) > 1]
     if differing:
         values = sorted({as_text(job.setting(differing[0])) for job in matched})

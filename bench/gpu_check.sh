@@ -22,6 +22,7 @@ target = os.path.join(os.environ["PREFIXLAB_CACHE"], "models", "smollm2-135m-ins
 shutil.copytree(".gpu/smollm2", target)
 AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(target), dtype=torch.float32).save_pretrained(target)
 PY
-timeout 250 python3 bench/bench.py --out "$OUT" --packed-k 8 2>&1 | grep -v -i warning | tail -30
-timeout 200 python3 bench/paper_step.py --model-dir .gpu/gpt2-medium --random-init --data e2e=.gpu/data/e2e \
+sections=${1:-bench,paper}  # bench/gpu_check.sh [bench|paper|bench,paper]
+[[ $sections == *bench* ]] && timeout ${BENCH_TIMEOUT:-250} python3 bench/bench.py --out "$OUT" --packed-k 8 2>&1 | grep -v -i warning | tail -30
+[[ $sections == *paper* ]] && timeout 200 python3 bench/paper_step.py --model-dir .gpu/gpt2-medium --random-init --data e2e=.gpu/data/e2e \
   --data dart=.gpu/data/dart --out "$OUT" --budget-s 150 2>&1 | grep -v -i warning | grep -v "^{" | tail -40

@@ -335,12 +335,7 @@ def main() -> None:
     }
     write(Path(args.out), training, generation, environment, [], args)  # kept if the packed section is cut short
     packed = packed_benchmarks(args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    environment = {
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "device": device,
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "args": vars(args), "wall_s": round(time.time() - started, 1),
-    }
+    environment["wall_s"] = round(time.time() - started, 1)
     write(Path(args.out), training, generation, environment, packed, args)
 
 
